@@ -1,0 +1,35 @@
+# omnimargin: `make demo` runs the main job, `make test` runs the checks and tests.
+# Both set up everything they need on a fresh machine (a virtual environment in .venv).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99
+	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99 --model student_t --dof 4 --json
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,179 @@
+"""The ``omnimargin`` command line (Typer).
+
+Errors from bad input or missing data become one line on stderr and exit code 2; nothing else
+is caught broadly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.table import Table
+
+from aggregator.console import LazyProgress, err_console, out_console
+from aggregator.errors import AggregatorError
+from aggregator.portfolio_file import load_portfolio
+from aggregator.risk import RiskOptions, run_portfolio_risk
+from montecarlo import LocalExecutor, MonteCarloError, plan_chunks
+from montecarlo.engine import Executor
+
+app = typer.Typer(
+    name="omnimargin",
+    help="Cross-chain collateral and margin engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_BAD_INPUT = 2
+
+
+class ModelChoice(StrEnum):
+    gaussian = "gaussian"
+    student_t = "student_t"
+    historical = "historical"
+
+
+class BackendChoice(StrEnum):
+    numpy = "numpy"
+    cupy = "cupy"
+    auto = "auto"
+
+
+class ExecutorChoice(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error line and exit with code 2."""
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """omnimargin: one portfolio across chains, one Monte Carlo risk number, one margin."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def make_executor(
+    kind: ExecutorChoice, ray_address: str | None, workers: int | None, gpu: bool
+) -> Executor:
+    if kind is ExecutorChoice.ray:
+        from montecarlo import RayExecutor
+
+        return RayExecutor(address=ray_address, workers=workers, gpu=gpu)
+    return LocalExecutor(workers)
+
+
+def shutdown_executor(executor: Executor) -> None:
+    if executor.name == "ray":
+        import ray
+
+        ray.shutdown()
+
+
+@app.command()
+def risk(
+    portfolio: Annotated[Path, typer.Option("--portfolio", "-p", help="Portfolio JSON file.")],
+    scenarios: Annotated[int, typer.Option(help="Number of Monte Carlo scenarios.")] = 100_000,
+    alpha: Annotated[float, typer.Option(help="Confidence level in (0, 1).")] = 0.99,
+    horizon_days: Annotated[float, typer.Option(help="Liquidation horizon in days.")] = 1.0,
+    model: Annotated[ModelChoice, typer.Option(help="Scenario model.")] = ModelChoice.gaussian,
+    dof: Annotated[float, typer.Option(help="Student-t degrees of freedom (> 2).")] = 5.0,
+    history: Annotated[Path | None, typer.Option(help="Folder of daily close CSV files.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    backend: Annotated[BackendChoice, typer.Option(help="Array backend.")] = BackendChoice.numpy,
+    executor: Annotated[
+        ExecutorChoice, typer.Option(help="Where chunks run.")
+    ] = ExecutorChoice.local,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPUs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """VaR, ES and per-asset ES contributions of a portfolio."""
+    if scenarios < 1:
+        fail(f"scenarios: must be >= 1, got {scenarios}")
+    if not 0.0 < alpha < 1.0:
+        fail(f"alpha: must be in (0, 1), got {alpha}")
+    if not 0.0 < horizon_days <= 365.0:
+        fail(f"horizon_days: must be in (0, 365], got {horizon_days}")
+    if not dof > 2.0:
+        fail(f"dof: must be > 2, got {dof}")
+    if seed < 0:
+        fail(f"seed: must be >= 0, got {seed}")
+    if workers is not None and workers < 1:
+        fail(f"workers: must be >= 1, got {workers}")
+    opts = RiskOptions(
+        scenarios=scenarios,
+        alpha=alpha,
+        horizon_days=horizon_days,
+        model=model.value,
+        dof=dof,
+        history=history,
+        seed=seed,
+        backend=backend.value,
+    )
+    try:
+        pf = load_portfolio(portfolio)
+        ex = make_executor(executor, ray_address, workers, gpu=backend is BackendChoice.cupy)
+        try:
+            total = 2 * plan_chunks(scenarios).n_chunks
+            with LazyProgress("Monte Carlo", total, enabled=not as_json) as progress:
+                report = run_portfolio_risk(pf, opts, ex, progress)
+        finally:
+            shutdown_executor(ex)
+    except (AggregatorError, MonteCarloError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        print_risk(report)
+
+
+def print_risk(report: dict[str, Any]) -> None:
+    head = Table(
+        title=f"Portfolio risk ({report['model']}, alpha {report['alpha']}, "
+        f"{report['scenarios']:,} scenarios, horizon {report['horizon_days']} d)"
+    )
+    head.add_column("measure")
+    head.add_column("USD", justify="right")
+    head.add_column("std. error", justify="right")
+    for name in ("var", "es"):
+        se = report[f"{name}_stderr"]
+        head.add_row(name.upper(), f"{report[name]:,.2f}", "-" if se is None else f"{se:,.2f}")
+    out_console.print(head)
+    parts = Table(title="Exposure and ES contribution by asset")
+    for col in ("asset", "price", "exposure USD", "ES part USD", "share"):
+        parts.add_column(col, justify="left" if col == "asset" else "right")
+    es = report["es"] or 1.0
+    for a, c in sorted(report["contributions"].items(), key=lambda kv: -abs(kv[1])):
+        parts.add_row(
+            a,
+            f"{report['prices'][a]:,.4f}",
+            f"{report['exposures'][a]:,.2f}",
+            f"{c:,.2f}",
+            f"{c / es:.1%}",
+        )
+    out_console.print(parts)
+    out_console.print(
+        f"backend {report['backend']}, executor {report['executor']}, "
+        f"seed {report['seed']}, {report['elapsed_s']:.2f} s"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

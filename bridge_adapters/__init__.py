@@ -1,0 +1,1 @@
+"""omnimargin: bridge_adapters."""
