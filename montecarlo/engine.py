@@ -28,7 +28,7 @@ import numpy as np
 from montecarlo.backend import resolve_backend, to_numpy
 from montecarlo.errors import InconsistentResult, InvalidParameter
 from montecarlo.measures import batch_stderr, check_alpha, tail_count, top_k
-from montecarlo.models import ScenarioModel
+from montecarlo.models import ScenarioModel, canonical_order, reorder
 from montecarlo.reduce import Node, TreeFold, tree_total
 
 #: largest chunk of scenarios drawn at once
@@ -45,15 +45,15 @@ ProgressFn = Callable[[int], None]
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """How M scenarios are cut into chunks: all of ``chunk_size`` but a shorter last one."""
+    """How M scenarios are cut into ``n_chunks`` chunks whose sizes differ by at most one;
+    ``chunk_size`` is the largest."""
 
     scenarios: int
     chunk_size: int
     n_chunks: int
 
     def bounds(self, c: int) -> tuple[int, int]:
-        start = c * self.chunk_size
-        return start, min(start + self.chunk_size, self.scenarios)
+        return c * self.scenarios // self.n_chunks, (c + 1) * self.scenarios // self.n_chunks
 
 
 def plan_chunks(
@@ -67,8 +67,7 @@ def plan_chunks(
     if max_chunk < 1:
         raise InvalidParameter("max_chunk", f"must be >= 1, got {max_chunk}")
     n = max(math.ceil(scenarios / max_chunk), min(min_batches, scenarios))
-    size = math.ceil(scenarios / n)
-    return ChunkPlan(int(scenarios), size, math.ceil(scenarios / size))
+    return ChunkPlan(int(scenarios), math.ceil(scenarios / n), n)
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -139,6 +138,31 @@ class RiskProblem:
     def n_accounts(self) -> int:
         return int(self.exposures.shape[1])
 
+    def canonical(self) -> tuple[RiskProblem, np.ndarray]:
+        """This problem with assets sorted by name, and the order used (canonical[j] = own[o[j]]).
+
+        Scenarios are drawn in the canonical order, so listing assets differently gives the
+        same draws, the same P&L sums and the same bits.
+        """
+        order = canonical_order(tuple(self.model.assets))
+        if np.array_equal(order, np.arange(order.size)) and not _has_unsorted_jumps(self.model):
+            return self, order
+        return RiskProblem(
+            reorder(self.model, order),
+            self.exposures[order],
+            self.alpha,
+            self.scenarios,
+            self.seed,
+            self.dtype,
+            self.max_chunk,
+        ), order
+
+
+def _has_unsorted_jumps(model: ScenarioModel) -> bool:
+    jumps = getattr(model, "jumps", ())
+    names = [j.name for j in jumps]
+    return names != sorted(names)
+
 
 class _Bound:
     """A problem bound to an array namespace inside one worker."""
@@ -201,7 +225,8 @@ def tail_pass(
         else:
             w = min(m, max(k_c, int((losses > threshold).sum(axis=1).max())))
         chunk_top = top_k(losses, w)
-        batch_tail = top_k(chunk_top, k_c)
+        # sorted, so the batch mean does not depend on what this worker saw before
+        batch_tail = xp.sort(top_k(chunk_top, k_c), axis=1)
         batch_var.append(batch_tail.min(axis=1))
         batch_es.append(batch_tail.mean(axis=1))
         held.append(chunk_top)
@@ -362,6 +387,8 @@ def run_risk(
     from montecarlo.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
+    own_problem = problem
+    problem, order = problem.canonical()
     name = resolve_backend(backend).name  # "auto" is settled once, here, at the edge
     ranges = split_chunks(problem.plan.n_chunks, executor.workers)
     tails = executor.map(tail_pass, problem, ranges, progress, backend=name)
@@ -375,9 +402,10 @@ def run_risk(
             parts = executor.map(component_pass, problem, ranges, None, split=True, **kw)
             merged = merge_components(problem, parts, split=True)
         assert merged is not None
-        comp = merged[0]
+        comp = np.empty_like(merged[0])
+        comp[:, order] = merged[0]
     return RiskResult(
-        assets=tuple(problem.model.assets),
+        assets=tuple(own_problem.model.assets),
         alpha=problem.alpha,
         scenarios=problem.scenarios,
         seed=problem.seed,
@@ -400,5 +428,9 @@ def draw_scenarios(problem: RiskProblem, backend: str = "numpy") -> Any:
 
     For what-if analysis and checks on moderate M; the engine itself never holds them all.
     """
-    b = _Bound(problem, resolve_backend(backend).name)
-    return b.xp.concatenate([b.chunk(c)[0] for c in range(problem.plan.n_chunks)], axis=0)
+    canonical, order = problem.canonical()
+    b = _Bound(canonical, resolve_backend(backend).name)
+    r = b.xp.concatenate([b.chunk(c)[0] for c in range(canonical.plan.n_chunks)], axis=0)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return r[:, b.xp.asarray(inverse)]

@@ -44,12 +44,16 @@ def tail_count(alpha: float, m: int) -> int:
 
 
 def top_k(losses: Any, k: int) -> Any:
-    """The k largest values along the last axis, unordered; (..., m) -> (..., k)."""
+    """The k largest values along the last axis, unordered; (..., m) -> (..., k).
+
+    A fresh array (not a view into the partitioned copy), so holding the result does not keep
+    the m values alive.
+    """
     xp = array_namespace(losses)
     m = int(losses.shape[-1])
     if k >= m:
         return losses
-    return xp.partition(losses, m - k, axis=-1)[..., m - k :]
+    return xp.partition(losses, m - k, axis=-1)[..., m - k :].copy()
 
 
 def value_at_risk(losses: Any, alpha: float) -> Any:

@@ -454,3 +454,40 @@ class _JumpSampler:
         u = rng.random((m, int(self.probabilities.shape[0])), dtype=self.dtype)
         hits = (u < self.probabilities).astype(self.dtype)
         return apply_jumps(r, hits, self.losses)
+
+
+# --------------------------------------------------------------------------- asset order
+
+
+def reorder(model: Any, order: Any) -> Any:
+    """The same model with its assets in ``order`` (a permutation of range(n)).
+
+    The engine draws in one canonical order (assets sorted by name, jumps by name), so the
+    figures do not depend on the order in which a user lists the assets.
+    """
+    idx = np.asarray(order, dtype=np.int64)
+    names = tuple(model.assets[i] for i in idx)
+    if isinstance(model, JumpOverlay):
+        jumps = tuple(sorted(model.jumps, key=lambda j: j.name))
+        return JumpOverlay(reorder(model.base, idx), jumps)
+    if isinstance(model, HistoricalModel):
+        return HistoricalModel(
+            names, model.residuals[:, idx], model.current_vol[idx], model.horizon_days[idx]
+        )
+    if isinstance(model, GaussianModel):
+        args = (
+            names,
+            model.daily_vol[idx],
+            model.correlation[np.ix_(idx, idx)],
+            model.daily_mean[idx],
+            model.horizon_days[idx],
+        )
+        if isinstance(model, StudentTModel):
+            return StudentTModel(*args, dof=model.dof)
+        return GaussianModel(*args)
+    raise InvalidParameter("model", f"unknown model type {type(model).__name__}")
+
+
+def canonical_order(assets: tuple[str, ...]) -> np.ndarray:
+    """Permutation that sorts asset names: canonical[j] = assets[order[j]]."""
+    return np.argsort(np.asarray(assets, dtype=object), kind="stable").astype(np.int64)
