@@ -15,6 +15,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
+from typer.exceptions import TyperException
 
 from aggregator.console import LazyProgress, err_console, out_console
 from aggregator.errors import AggregatorError
@@ -69,6 +71,18 @@ def main(
     )
 
 
+class OneLineErrors(TyperCommand):
+    """Option errors (``--scenarios abc``, a missing ``--portfolio``) as one line, exit code 2."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except TyperException as exc:  # click's UsageError / BadParameter
+            if exc.exit_code != EXIT_BAD_INPUT:
+                raise
+            fail(" ".join(exc.format_message().split()))
+
+
 def make_executor(
     kind: ExecutorChoice, ray_address: str | None, workers: int | None, gpu: bool
 ) -> Executor:
@@ -86,7 +100,7 @@ def shutdown_executor(executor: Executor) -> None:
         ray.shutdown()
 
 
-@app.command()
+@app.command(cls=OneLineErrors)
 def risk(
     portfolio: Annotated[Path, typer.Option("--portfolio", "-p", help="Portfolio JSON file.")],
     scenarios: Annotated[int, typer.Option(help="Number of Monte Carlo scenarios.")] = 100_000,
@@ -117,6 +131,8 @@ def risk(
         fail(f"seed: must be >= 0, got {seed}")
     if workers is not None and workers < 1:
         fail(f"workers: must be >= 1, got {workers}")
+    if history is not None and not history.is_dir():
+        fail(f"history: {history} is not a directory")
     opts = RiskOptions(
         scenarios=scenarios,
         alpha=alpha,

@@ -55,11 +55,12 @@ def read_closes(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise InputError(where, "needs the columns Date and Close")
             dates: list[date] = []
             closes: list[float] = []
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = reader.line_num  # the file's line, blank lines included
                 try:
                     d = date.fromisoformat(row["Date"].strip())
                     p = float(row["Close"])
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, TypeError):  # TypeError: a short row
                     raise InputError(f"{where} line {line}", "bad Date or Close") from None
                 if not (math.isfinite(p) and p > 0):
                     raise InputError(f"{where} line {line}", f"Close must be > 0, got {p}")
@@ -69,6 +70,8 @@ def read_closes(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 closes.append(p)
     except OSError as exc:
         raise InputError(where, f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(where, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not dates:
         raise InputError(where, "has no rows")
     return np.array(dates, dtype="datetime64[D]"), np.array(closes, dtype=np.float64)

@@ -46,7 +46,7 @@ class Position(_Strict):
     @classmethod
     def _bounded(cls, v: Decimal) -> Decimal:
         if abs(v) > MAX_NOTIONAL_USD:
-            raise ValueError(f"absurd quantity {v} (more than {MAX_NOTIONAL_USD:.0e} units)")
+            raise ValueError(f"absurd quantity {v:.3e} (more than {MAX_NOTIONAL_USD:.0e} units)")
         return v
 
 
@@ -63,7 +63,7 @@ class JumpSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    kind: Literal["gaussian", "student_t", "historical"] = "gaussian"
+    kind: Literal["gaussian", "student_t", "historical"] | None = None  # None: --model
     daily_vol: (
         dict[AssetName, Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)]] | None
     ) = None
@@ -126,6 +126,9 @@ def load_portfolio(path: Path) -> PortfolioFile:
         text = path.read_text()
     except OSError as exc:
         raise InputError("portfolio", f"cannot read {path} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise InputError("portfolio", reason) from None
     return parse_portfolio(decode_json(text, "portfolio"))
 
 
@@ -139,3 +142,5 @@ def decode_json(text: str, what: str) -> Any:
         raise InputError(
             what, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise InputError(what, "not valid JSON (nested too deeply)") from None

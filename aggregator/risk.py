@@ -113,6 +113,10 @@ def _explicit_correlation(spec: ModelSpec, assets: tuple[str, ...]) -> np.ndarra
     names = spec.correlation.assets
     if len(set(names)) != len(names):
         raise InputError("model.correlation.assets", "duplicate asset names")
+    rows = spec.correlation.matrix
+    if len(rows) != len(names) or any(len(row) != len(names) for row in rows):
+        n = len(names)
+        raise InputError("model.correlation.matrix", f"expected a {n}x{n} matrix (one per asset)")
     try:
         full = check_correlation("model.correlation.matrix", spec.correlation.matrix, len(names))
     except InvalidParameter as exc:
@@ -128,7 +132,7 @@ def build_model(
     spec: ModelSpec | None, opts: RiskOptions, assets: tuple[str, ...]
 ) -> ScenarioModel:
     """The scenario model: explicit parameters from the file, or calibrated on the history."""
-    kind = spec.kind if spec is not None else opts.model
+    kind = spec.kind if spec is not None and spec.kind is not None else opts.model
     horizons = _per_asset(
         spec.horizon_days if spec else None, assets, opts.horizon_days, "model.horizon_days"
     )

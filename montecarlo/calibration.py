@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from montecarlo.errors import InvalidParameter
 from montecarlo.models import GaussianModel, HistoricalModel, StudentTModel
@@ -57,6 +56,8 @@ def ewma_variance_path(returns: Any, lam: float = EWMA_LAMBDA) -> np.ndarray:
     -------
     (T + 1, n) array; row T is the forecast for the day after the last return.
     """
+    from scipy.signal import lfilter  # imported here: scipy.signal costs 0.5 s at start-up
+
     x = np.asarray(returns, dtype=np.float64)
     _check_lambda(lam)
     seed = np.mean(x[:EWMA_SEED_DAYS] ** 2, axis=0)
