@@ -191,5 +191,39 @@ def print_risk(report: dict[str, Any]) -> None:
     )
 
 
+@app.command(cls=OneLineErrors)
+def snapshot(
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
+    ] = None,
+    accounts: Annotated[str | None, typer.Option(help="Comma-separated account addresses.")] = None,
+    accounts_file: Annotated[
+        Path | None, typer.Option(help="File with one address per line.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before a chain counts as unavailable.")
+    ] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Read every chain of the config at a pinned block: balances, feeds, their status."""
+    import asyncio
+
+    from aggregator.snapshot_view import parse_accounts, print_snapshot, snapshot_json
+    from chains.config import config_path, load_config
+    from chains.errors import ChainError
+    from chains.reader import snapshot_all
+
+    try:
+        cfg = load_config(config_path(config))
+        addrs = parse_accounts(accounts, accounts_file, cfg.accounts)
+        snaps = asyncio.run(snapshot_all(cfg, addrs, timeout))
+    except (AggregatorError, ChainError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(snapshot_json(snaps)))
+    else:
+        print_snapshot(snaps)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
