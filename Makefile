@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+node_modules/.bin/anvil: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(STAMP) node_modules/.bin/anvil
 
 demo: install
 	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99

@@ -9,7 +9,8 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_utils import function_signature_to_4byte_selector, keccak
 
-from chains.rpc import ChainClient
+from chains.errors import InconsistentChain
+from chains.rpc import ChainClient, as_bytes
 
 AGGREGATE3 = function_signature_to_4byte_selector("aggregate3((address,bool,bytes)[])")
 #: concurrent aggregate3 requests per chain
@@ -70,9 +71,11 @@ async def aggregate3(
             raw = await client.call(
                 "eth_call", [{"to": multicall, "data": "0x" + encode_aggregate3(part).hex()}, block]
             )
-        results = decode_aggregate3(bytes(raw))
+        results = decode_aggregate3(as_bytes(raw))
         if len(results) != len(part):
-            raise ValueError(f"aggregate3 returned {len(results)} results for {len(part)} calls")
+            raise InconsistentChain(
+                f"aggregate3 returned {len(results)} results for {len(part)} calls"
+            )
         return results
 
     out: list[Result] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from chains.config import FeedConfig
-from chains.types import FeedStatus, SequencerState
+from chains.types import Address, FeedStatus, SequencerState
 
 SEQUENCER_UP = 0
 
@@ -43,13 +43,14 @@ def feed_status(
 
 
 def sequencer_state(
-    feed: str, answer: int | None, started_at: int, now: int, grace_s: int
+    feed_address: str, answer: int | None, started_at: int, now: int, grace_s: int
 ) -> SequencerState:
     """An L2 sequencer uptime feed: down, up inside the grace period, or up and trusted.
 
     ``answer`` None means the feed could not be read: the sequencer is then treated as down,
     since no new risk may rest on an L2 whose status is unknown.
     """
+    feed = Address(feed_address)
     if answer is None:
         return SequencerState(
             feed, False, 0, FeedStatus.SEQUENCER_DOWN, "sequencer feed unreadable"

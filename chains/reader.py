@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode
+from eth_abi.exceptions import DecodingError
 from eth_utils import to_checksum_address
 from web3.exceptions import Web3Exception
 
@@ -23,7 +24,7 @@ from chains.config import ChainConfig, FeedConfig, OmnimarginConfig, SourceConfi
 from chains.errors import ChainError, InconsistentChain
 from chains.multicall import Call, Result, aggregate3, calldata, codehash
 from chains.oracle import feed_status, sequencer_state
-from chains.rpc import ChainClient
+from chains.rpc import ChainClient, as_bytes, as_hash, as_int
 from chains.types import (
     Address,
     Balance,
@@ -78,12 +79,12 @@ class ChainReader:
     async def pin(self) -> PinnedBlock:
         block = await self.client.call("eth_getBlockByNumber", [self.chain.finality, False])
         if self.chain.confirmations:
-            number = max(int(block["number"]) - self.chain.confirmations, 0)
+            number = max(as_int(block["number"]) - self.chain.confirmations, 0)
             block = await self.client.call("eth_getBlockByNumber", [hex(number), False])
         if block is None:
             raise InconsistentChain(f"{self.chain.name}: pinned block not found")
         pinned = PinnedBlock(
-            int(block["number"]), "0x" + bytes(block["hash"]).hex(), int(block["timestamp"])
+            as_int(block["number"]), as_hash(block["hash"]), as_int(block["timestamp"])
         )
         await self._check_agreement(pinned)
         return pinned
@@ -95,7 +96,7 @@ class ChainReader:
         for endpoint, answer in zip(self.client.endpoints, answers, strict=True):
             if isinstance(answer, BaseException):
                 continue  # a dead endpoint is failover's business, not a disagreement
-            other = "0x" + bytes(answer["hash"]).hex() if answer else None
+            other = as_hash(answer["hash"]) if answer else None
             if other != pinned.hash:
                 raise InconsistentChain(
                     f"{self.chain.name}: endpoints disagree on block {pinned.number} "
@@ -105,7 +106,7 @@ class ChainReader:
     async def _check_multicall(self, pinned: PinnedBlock) -> None:
         if self._multicall_checked:
             return
-        code = bytes(
+        code = as_bytes(
             await self.client.call("eth_getCode", [self.chain.multicall3, pinned.selector])
         )
         if not code:
@@ -128,7 +129,7 @@ class ChainReader:
             pinned = await self.pin()
             await self._check_multicall(pinned)
             snap = await self._read(pinned, [to_checksum_address(a) for a in accounts])
-        except (ChainError, Web3Exception, ValueError) as exc:
+        except (ChainError, Web3Exception, DecodingError) as exc:
             return ChainSnapshot(
                 chain_id,
                 name,

@@ -60,7 +60,8 @@ class ChainClient:
         self.endpoints = []
         for url in chain.rpc_urls:
             provider = CountingProvider(url, chain.timeout_s)
-            self.endpoints.append(Endpoint(url, provider, AsyncWeb3(provider)))
+            # no middleware: no ENS look-ups (extra requests) on the read path
+            self.endpoints.append(Endpoint(url, provider, AsyncWeb3(provider, middleware=[])))
         self._preferred = 0
 
     @property
@@ -107,6 +108,23 @@ class ChainClient:
 
 async def _request(endpoint: Endpoint, method: str, params: list[Any]) -> Any:
     return await endpoint.w3.manager.coro_request(RPCEndpoint(method), params)
+
+
+def as_int(value: Any) -> int:
+    """A JSON-RPC quantity (``"0x1a"``) or an already decoded int."""
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def as_bytes(value: Any) -> bytes:
+    """JSON-RPC data (``"0x..."``) or already decoded bytes."""
+    if isinstance(value, str):
+        return bytes.fromhex(value.removeprefix("0x"))
+    return bytes(value)
+
+
+def as_hash(value: Any) -> str:
+    """A 32-byte hash as lower-case 0x-hex."""
+    return "0x" + as_bytes(value).hex()
 
 
 def _why(exc: BaseException) -> str:

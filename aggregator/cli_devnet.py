@@ -1,0 +1,179 @@
+"""``omnimargin devnet up|down|status|advance``: the embedded local chains (DESIGN.md, "Devnet").
+
+Registered in aggregator/cli.py with ``app.add_typer(devnet_app, name="devnet")``. Errors of the
+chain layer or of the price history become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.table import Table
+
+from aggregator.console import err_console, out_console
+from aggregator.errors import AggregatorError
+from chains.errors import ChainError
+
+if TYPE_CHECKING:
+    from chains.devnet import DevnetInfo, History
+
+# chains.devnet (web3, ~1 s to import) is imported in the commands, not here, so that
+# registering this sub-app does not slow every other command down.
+
+devnet_app = typer.Typer(
+    help="Local anvil chains with the omnimargin contracts, seeded demo accounts and a config.",
+    no_args_is_help=True,
+)
+
+REPLAY_ASSETS = ("BTC", "ETH", "USDC", "LINK")
+DEFAULT_DIR = Path(".omnimargin")
+DirOption = Annotated[Path, typer.Option("--dir", help="Devnet directory (state, config, logs).")]
+
+
+def _fail(message: str) -> NoReturn:
+    from aggregator.cli import fail  # imported late: aggregator.cli imports this module
+
+    fail(message)
+
+
+def replay_history(assets: tuple[str, ...] = REPLAY_ASSETS) -> History:
+    """The shipped real daily closes of ``assets``, as the devnet's replay history."""
+    from aggregator.history import load_history
+
+    history = load_history(list(assets))
+    dates = [str(d) for d in history.dates]
+    return {
+        asset: [
+            (d, Decimal(repr(float(c)))) for d, c in zip(dates, history.closes[:, i], strict=True)
+        ]
+        for i, asset in enumerate(history.assets)
+    }
+
+
+def _contracts_cell(info: DevnetInfo, chain_id: int) -> str:
+    """``vault, 4 tokens, yvUSDC, 3 feeds, sequencer`` (Multicall3 goes without saying)."""
+    chains = {c["chain_id"]: c for c in (info.config.devnet or {}).get("chains", [])}
+    names = chains.get(chain_id, {}).get("contracts", {})
+    by_address = {address: name for name, address in names.items()}
+    erc4626 = [
+        by_address.get(s.address or "", "erc4626")
+        for s in info.config.sources_on(chain_id)
+        if s.kind == "erc4626"
+    ]
+    parts = [
+        "vault" if "CollateralVault" in names else "",
+        f"{len(info.config.tokens_on(chain_id))} tokens",
+        *erc4626,
+        f"{len(info.config.feeds_on(chain_id))} feeds",
+        "sequencer" if info.config.chain(chain_id).sequencer_feed else "",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def _summary(info: DevnetInfo, blocks: dict[int, int | None]) -> Table:
+    table = Table(title=f"devnet in {info.directory} (up in {info.seconds:.1f} s)")
+    for col in ("chain", "id", "rpc url", "block", "contracts"):
+        right = col in ("id", "block")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "contracts")
+    for node in info.nodes:
+        block = blocks.get(node.chain_id)
+        table.add_row(
+            node.name + (" (L2)" if node.l2 else ""),
+            str(node.chain_id),
+            node.rpc_url,
+            "-" if block is None else str(block),
+            _contracts_cell(info, node.chain_id),
+        )
+    return table
+
+
+@devnet_app.command()
+def up(
+    chains: Annotated[int, typer.Option(help="Number of chains (1 L1, the rest L2s).")] = 3,
+    directory: DirOption = DEFAULT_DIR,
+    port: Annotated[int, typer.Option("--port", help="Port of the first chain.")] = 8545,
+) -> None:
+    """Start the chains, deploy and seed, write DIR/config.toml."""
+    from chains.config import CONFIG_ENV
+    from chains.devnet import devnet_status, devnet_up
+
+    t0 = time.monotonic()
+    try:
+        history = replay_history()
+        with err_console.status("starting the devnet") as status:
+
+            def progress(message: str) -> None:
+                status.update(message)
+                err_console.print(f"[dim]{time.monotonic() - t0:5.1f} s[/dim]  {message}")
+
+            info = asyncio.run(devnet_up(directory, chains, port, history, progress=progress))
+            nodes = asyncio.run(devnet_status(directory))
+    except (ChainError, AggregatorError) as exc:
+        _fail(str(exc))
+    out_console.print(_summary(info, {s.node.chain_id: s.block_number for s in nodes}))
+    for i, account in enumerate(info.config.accounts, start=1):
+        out_console.print(f"demo account {i}: {account}", highlight=False)
+    out_console.print(f"config: {info.config_path}", highlight=False)
+    out_console.print(f"export {CONFIG_ENV}={info.config_path}", highlight=False, soft_wrap=True)
+
+
+@devnet_app.command()
+def down(directory: DirOption = DEFAULT_DIR) -> None:
+    """Stop the devnet's nodes (only the processes it started) and remove its state."""
+    from chains.devnet import devnet_down
+
+    try:
+        stopped = devnet_down(directory)
+    except ChainError as exc:
+        _fail(str(exc))
+    pids = ", ".join(str(n.pid) for n in stopped) or "none were still running"
+    out_console.print(f"devnet in {directory.resolve()} stopped (pids {pids})", highlight=False)
+
+
+@devnet_app.command()
+def status(directory: DirOption = DEFAULT_DIR) -> None:
+    """Which nodes run, and their latest block."""
+    from chains.devnet import devnet_status
+
+    try:
+        nodes = asyncio.run(devnet_status(directory))
+    except ChainError as exc:
+        _fail(str(exc))
+    table = Table(title=f"devnet in {directory.resolve()}")
+    for col in ("chain", "id", "rpc url", "pid", "state", "block"):
+        table.add_column(col, justify="right" if col in ("id", "pid", "block") else "left")
+    for s in nodes:
+        state = "[green]running[/green]" if s.running else "[red]stopped[/red]"
+        block = "-" if s.block_number is None else str(s.block_number)
+        n = s.node
+        table.add_row(n.name, str(n.chain_id), n.rpc_url, str(n.pid), state, block)
+    out_console.print(table)
+    if not all(s.running for s in nodes):
+        raise typer.Exit(1)
+
+
+@devnet_app.command()
+def advance(
+    days: Annotated[int, typer.Option(help="Days of price history to move forward.")] = 1,
+    directory: DirOption = DEFAULT_DIR,
+) -> None:
+    """Push the next days' real closes to every price feed."""
+    from chains.config import load_config
+    from chains.devnet import advance_prices
+
+    try:
+        config = load_config(directory / "config.toml")
+        prices = asyncio.run(advance_prices(config, days))
+    except ChainError as exc:
+        _fail(str(exc))
+    table = Table(title=f"prices after {days} day(s)")
+    table.add_column("asset")
+    table.add_column("USD", justify="right")
+    for asset, price in prices.items():
+        table.add_row(asset, f"{price:,.8f}".rstrip("0").rstrip("."))
+    out_console.print(table)

@@ -1,0 +1,149 @@
+"""The configuration file the devnet writes (``<dir>/config.toml``), in chains/config.py's schema.
+
+Built from what was deployed, validated with :func:`chains.config.parse_config` before it is
+written: a devnet that writes an invalid config is a bug and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from chains.config import OmnimarginConfig, parse_config
+from chains.devnet_deploy import (
+    ERC4626_ASSET,
+    ERC4626_NAME,
+    SEQUENCER_NAME,
+    Deployment,
+    feed_name,
+)
+from chains.errors import ConfigError, DevnetError
+
+CONFIG_FILE = "config.toml"
+HEARTBEAT_S = 86_400
+SEQUENCER_GRACE_S = 3600
+
+
+def _number(value: Decimal) -> int | float:
+    """TOML has no decimals: integral bounds as integers, the others as short floats."""
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _chain(dep: Deployment) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "chain_id": dep.node.chain_id,
+        "name": dep.node.name,
+        "rpc_urls": [dep.node.rpc_url],
+        "finality": "latest",
+        "confirmations": 0,
+        "multicall3": dep.contracts["Multicall3"],
+        "multicall3_codehash": dep.multicall3_codehash,
+        "l2": dep.node.l2,
+    }
+    if dep.node.l2:
+        out["sequencer_feed"] = dep.contracts[SEQUENCER_NAME]
+        out["sequencer_grace_s"] = SEQUENCER_GRACE_S
+    return out
+
+
+def _tokens(dep: Deployment) -> list[dict[str, Any]]:
+    out = []
+    for t in dep.tokens:
+        row: dict[str, Any] = {
+            "chain_id": dep.node.chain_id,
+            "address": dep.contracts[t.symbol],
+            "symbol": t.symbol,
+            "decimals": t.decimals,
+            "asset": t.asset,
+            "kind": t.kind,
+        }
+        if t.kind != "native":
+            row["bridge"] = dep.bridge
+        out.append(row)
+    return out
+
+
+def _feeds(dep: Deployment) -> list[dict[str, Any]]:
+    return [
+        {
+            "chain_id": dep.node.chain_id,
+            "address": dep.contracts[feed_name(f.asset)],
+            "asset": f.asset,
+            "heartbeat_s": HEARTBEAT_S,
+            "min_usd": _number(f.min_usd),
+            "max_usd": _number(f.max_usd),
+        }
+        for f in dep.feeds
+    ]
+
+
+def _sources(dep: Deployment) -> list[dict[str, Any]]:
+    cid = dep.node.chain_id
+    out: list[dict[str, Any]] = [
+        {"chain_id": cid, "kind": "vault", "address": dep.contracts["CollateralVault"]},
+        {"chain_id": cid, "kind": "erc20_wallet"},
+    ]
+    if ERC4626_NAME in dep.contracts:
+        vault, underlying = dep.contracts[ERC4626_NAME], dep.contracts[ERC4626_ASSET]
+        out.append({"chain_id": cid, "kind": "erc4626", "address": vault, "tokens": [underlying]})
+    return out
+
+
+def _devnet_table(
+    directory: Path, anvil: str, deployer: str, started_at: float, deps: list[Deployment]
+) -> dict[str, Any]:
+    return {
+        "dir": str(directory),
+        "anvil": anvil,
+        "deployer": deployer,
+        "started_at": int(started_at),
+        "chains": [
+            {
+                "chain_id": d.node.chain_id,
+                "name": d.node.name,
+                "port": d.node.port,
+                "pid": d.node.pid,
+                "log": d.node.log,
+                "contracts": dict(d.contracts),
+            }
+            for d in deps
+        ],
+    }
+
+
+def build_config(
+    directory: Path,
+    anvil: str,
+    deployer: str,
+    accounts: list[str],
+    started_at: float,
+    deps: list[Deployment],
+) -> dict[str, Any]:
+    """The config as TOML-ready data: chains, tokens, feeds, sources, accounts, [devnet]."""
+    return {
+        "accounts": accounts,
+        "chains": [_chain(d) for d in deps],
+        "tokens": [row for d in deps for row in _tokens(d)],
+        "feeds": [row for d in deps for row in _feeds(d)],
+        "sources": [row for d in deps for row in _sources(d)],
+        "devnet": _devnet_table(directory, anvil, deployer, started_at, deps),
+    }
+
+
+def write_config(directory: Path, data: dict[str, Any]) -> tuple[Path, OmnimarginConfig]:
+    """Validate ``data`` and write it to ``<dir>/config.toml``; return the path and the model."""
+    try:
+        config = parse_config(data)
+    except ConfigError as exc:
+        raise DevnetError(f"the devnet built an invalid config (a bug): {exc}") from exc
+    path = directory / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# Written by `omnimargin devnet up`; rewritten on every start.\n" + tomli_w.dumps(data)
+    )
+    os.replace(tmp, path)
+    return path, config
