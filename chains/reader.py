@@ -75,8 +75,27 @@ class ChainReader:
         self.config, self.chain = config, chain
         self.client = ChainClient(chain)
         self._multicall_checked = False
+        self._verified: set[str] = set()  # endpoints whose chain id was checked
+
+    async def _check_chain_ids(self) -> None:
+        """Every endpoint that answers must serve the configured chain id (checked once each)."""
+        todo = [e for e in self.client.endpoints if e.url not in self._verified]
+        if not todo:
+            return
+        answers = await self.client.on_each("eth_chainId", [], todo)
+        for endpoint, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, BaseException):
+                continue
+            if as_int(answer) != self.chain.chain_id:
+                raise InconsistentChain(
+                    f"{self.chain.name}: {endpoint.url} serves chain id {as_int(answer)}, "
+                    f"the config says {self.chain.chain_id}"
+                )
+            self._verified.add(endpoint.url)
 
     async def pin(self) -> PinnedBlock:
+        """Resolve the finality tag (minus confirmations) to one block, agreed by all endpoints."""
+        await self._check_chain_ids()
         block = await self.client.call("eth_getBlockByNumber", [self.chain.finality, False])
         if self.chain.confirmations:
             number = max(as_int(block["number"]) - self.chain.confirmations, 0)
@@ -121,12 +140,15 @@ class ChainReader:
             )
         self._multicall_checked = True
 
-    async def snapshot(self, accounts: Sequence[str]) -> ChainSnapshot:
-        """The chain's snapshot for ``accounts``; unavailable (with reasons) on any failure."""
+    async def snapshot(
+        self, accounts: Sequence[str], pinned: PinnedBlock | None = None
+    ) -> ChainSnapshot:
+        """The chain's snapshot for ``accounts`` at a new pinned block (or at ``pinned``);
+        unavailable, with the reasons, on any failure."""
         started, before = time.perf_counter(), self.client.requests
         chain_id, name = ChainId(self.chain.chain_id), self.chain.name
         try:
-            pinned = await self.pin()
+            pinned = pinned or await self.pin()
             await self._check_multicall(pinned)
             snap = await self._read(pinned, [to_checksum_address(a) for a in accounts])
         except (ChainError, Web3Exception, DecodingError) as exc:

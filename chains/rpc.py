@@ -93,13 +93,16 @@ class ChainClient:
             f"{self.chain.name}: {what}: no endpoint answered ({_why(last) if last else 'none'})"
         )
 
-    async def on_each(self, method: str, params: list[Any]) -> list[Any]:
-        """``method`` on every endpoint once (no retries): results or the exceptions raised."""
+    async def on_each(
+        self, method: str, params: list[Any], endpoints: list[Endpoint] | None = None
+    ) -> list[Any]:
+        """``method`` once on each endpoint (default: all; no retries): results or exceptions."""
 
         async def one(ep: Endpoint) -> Any:
             return await asyncio.wait_for(_request(ep, method, params), self.chain.timeout_s)
 
-        return list(await asyncio.gather(*(one(e) for e in self.endpoints), return_exceptions=True))
+        chosen = self.endpoints if endpoints is None else endpoints
+        return list(await asyncio.gather(*(one(e) for e in chosen), return_exceptions=True))
 
     async def close(self) -> None:
         for e in self.endpoints:

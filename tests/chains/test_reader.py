@@ -1,0 +1,284 @@
+"""The chain reader against real anvil nodes: exact balances, pinning, failover, disagreement,
+stopped chains and every oracle state."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eth_utils import to_checksum_address
+
+from chains.config import OmnimarginConfig, parse_config
+from chains.devnet_control import set_feed, set_sequencer
+from chains.devnet_nodes import anvil_binary, free_ports, nodes_of, read_state, stop_node
+from chains.multicall import calldata
+from chains.reader import ChainReader, snapshot_all
+from chains.rpc import ChainClient, as_int
+from chains.types import ChainSnapshot, ChainStatus, FeedStatus, SourceKind
+
+ETH_CHAIN, ARB_CHAIN, BASE_CHAIN = 31337001, 31337002, 31337003
+
+
+def _snap(cfg: OmnimarginConfig, accounts: list[str] | None = None) -> dict[int, ChainSnapshot]:
+    snaps = asyncio.run(snapshot_all(cfg, accounts or cfg.accounts, timeout_s=30))
+    return {s.chain_id: s for s in snaps}
+
+
+def _edited(cfg: OmnimarginConfig, chain_id: int, **changes: Any) -> OmnimarginConfig:
+    raw = cfg.model_dump(mode="json")
+    for chain in raw["chains"]:
+        if chain["chain_id"] == chain_id:
+            chain.update(changes)
+    return parse_config(raw)
+
+
+def _amount(snap: ChainSnapshot, account: str, symbol: str, source: SourceKind) -> int:
+    found = [
+        b
+        for b in snap.balances
+        if b.account == account and b.symbol == symbol and b.source is source
+    ]
+    assert len(found) == 1, found
+    return found[0].amount
+
+
+@pytest.fixture(scope="module")
+def own(devnet_factory) -> OmnimarginConfig:  # type: ignore[no-untyped-def]
+    """A devnet of this module's own, whose oracles and balances the tests may change."""
+    from chains.config import load_config
+
+    return load_config(devnet_factory(3).config_path)
+
+
+def test_balances_are_exact_integers_with_6_8_and_18_decimals(devnet) -> None:  # type: ignore[no-untyped-def]
+    snaps = _snap(devnet.config)
+    a1, a2, a3 = devnet.config.accounts
+    assert all(s.status is ChainStatus.OK and not s.errors for s in snaps.values())
+    weth = _amount(snaps[ETH_CHAIN], a1, "WETH", SourceKind.VAULT)
+    assert weth == 12_345678901234567891 and isinstance(weth, int)  # 18 decimals
+    assert _amount(snaps[ETH_CHAIN], a2, "WBTC", SourceKind.VAULT) == 51234567  # 8 decimals
+    assert _amount(snaps[BASE_CHAIN], a1, "USDC", SourceKind.VAULT) == 25_000_123456  # 6 decimals
+    assert _amount(snaps[BASE_CHAIN], a3, "WETH", SourceKind.VAULT) == 3 * 10**18 + 1
+    # ERC-4626: 10,000 USDC of shares worth 1.05 x after the vault's yield
+    yv = [
+        b for b in snaps[BASE_CHAIN].balances if b.account == a1 and b.source is SourceKind.ERC4626
+    ]
+    assert len(yv) == 1 and yv[0].shares == 10_000 * 10**6 and yv[0].amount == 10_500 * 10**6
+    assert not [b for b in snaps[ARB_CHAIN].balances if b.account == a1]  # nothing on chain 2
+    for s in snaps.values():
+        assert {p.status for p in s.prices} == {FeedStatus.OK}
+        assert s.block_number is not None and s.block_hash and s.block_hash.startswith("0x")
+
+
+def test_a_snapshot_reads_one_pinned_block(own: OmnimarginConfig) -> None:
+    a1, _, a3 = own.accounts
+    chain = own.chain(ETH_CHAIN)
+    weth = next(t.address for t in own.tokens_on(ETH_CHAIN) if t.symbol == "WETH")
+
+    async def run() -> tuple[ChainSnapshot, ChainSnapshot, int]:
+        reader = ChainReader(own, chain)
+        try:
+            pinned = await reader.pin()
+            data = calldata("transfer(address,uint256)", ["address", "uint256"], [a3, 10**17])
+            await reader.client.call(
+                "eth_sendTransaction", [{"from": a1, "to": weth, "data": "0x" + data.hex()}]
+            )
+            head = as_int(await reader.client.call("eth_blockNumber", []))
+            return await reader.snapshot([a1], pinned), await reader.snapshot([a1]), head
+        finally:
+            await reader.client.close()
+
+    at_pin, after, head = asyncio.run(run())
+    assert head > at_pin.block_number  # type: ignore[operator]
+    assert _amount(at_pin, a1, "WETH", SourceKind.ERC20_WALLET) == 5 * 10**17
+    assert _amount(after, a1, "WETH", SourceKind.ERC20_WALLET) == 4 * 10**17
+    assert after.block_number == head
+
+
+def test_a_dead_endpoint_is_failed_over(devnet) -> None:  # type: ignore[no-untyped-def]
+    live = devnet.config.chain(ETH_CHAIN).rpc_urls[0]
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[dead, live], retries=1, backoff_s=0.01)
+    snap = _snap(cfg)[ETH_CHAIN]
+    assert snap.status is ChainStatus.OK and not snap.errors
+    assert _amount(snap, cfg.accounts[0], "WETH", SourceKind.VAULT) == 12_345678901234567891
+
+
+def test_only_dead_endpoints_make_the_chain_unavailable_not_empty(devnet) -> None:  # type: ignore[no-untyped-def]
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    cfg = _edited(devnet.config, ARB_CHAIN, rpc_urls=[dead], retries=1, backoff_s=0.01)
+    snaps = _snap(cfg)
+    assert snaps[ARB_CHAIN].status is ChainStatus.UNAVAILABLE
+    assert snaps[ARB_CHAIN].balances == () and "no endpoint answered" in snaps[ARB_CHAIN].errors[0]
+    assert snaps[ETH_CHAIN].ok and snaps[BASE_CHAIN].ok
+
+
+@pytest.fixture
+def impostor(devnet) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A second anvil claiming chain 1's id, with blocks of its own."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [anvil_binary(), "--port", str(port), "--chain-id", str(ETH_CHAIN), "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = ChainClient(devnet.config.chain(ETH_CHAIN).model_copy(update={"rpc_urls": [url]}))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                asyncio.run(_mine(client, 200))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _mine(client: ChainClient, blocks: int) -> None:
+    try:
+        await client.call("anvil_mine", [hex(blocks)])
+    finally:
+        await client.close()
+
+
+def test_endpoints_that_disagree_on_the_block_hash_refuse_the_chain(devnet, impostor: str) -> None:  # type: ignore[no-untyped-def]
+    live = devnet.config.chain(ETH_CHAIN).rpc_urls[0]
+    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[live, impostor])
+    snap = _snap(cfg)[ETH_CHAIN]
+    assert snap.status is ChainStatus.UNAVAILABLE
+    assert "disagree" in snap.errors[0] and snap.balances == ()
+
+
+def test_an_endpoint_of_another_chain_is_refused(devnet) -> None:  # type: ignore[no-untyped-def]
+    other = devnet.config.chain(ARB_CHAIN).rpc_urls[0]
+    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[other])
+    snap = _snap(cfg)[ETH_CHAIN]
+    assert snap.status is ChainStatus.UNAVAILABLE and "serves chain id 31337002" in snap.errors[0]
+
+
+def test_multicall3_with_other_code_refuses_the_chain(devnet) -> None:  # type: ignore[no-untyped-def]
+    cfg = _edited(devnet.config, BASE_CHAIN, multicall3_codehash="0x" + "ab" * 32)
+    snap = _snap(cfg)[BASE_CHAIN]
+    assert snap.status is ChainStatus.UNAVAILABLE and "holds other code" in snap.errors[0]
+
+
+def test_a_stopped_chain_is_unavailable_while_the_others_are_read(devnet_factory) -> None:  # type: ignore[no-untyped-def]
+    from chains.config import load_config
+
+    info = devnet_factory(3)
+    cfg = load_config(info.config_path)
+    state = read_state(info.directory)
+    assert state is not None
+    victim = next(n for n in nodes_of(state) if n.chain_id == ARB_CHAIN)
+    assert stop_node(victim)
+    snaps = _snap(_edited(cfg, ARB_CHAIN, retries=1, backoff_s=0.01))
+    assert snaps[ARB_CHAIN].status is ChainStatus.UNAVAILABLE and snaps[ARB_CHAIN].errors
+    assert snaps[ETH_CHAIN].ok and snaps[BASE_CHAIN].ok
+    assert (
+        _amount(snaps[ETH_CHAIN], cfg.accounts[0], "WETH", SourceKind.VAULT)
+        == 12_345678901234567891
+    )
+
+
+def _feed_status(cfg: OmnimarginConfig, chain_id: int, asset: str) -> tuple[FeedStatus, str]:
+    snap = _snap(cfg)[chain_id]
+    (p,) = [p for p in snap.prices if p.asset == asset]
+    return p.status, p.reason
+
+
+def _now(cfg: OmnimarginConfig, chain_id: int) -> int:
+    snap = _snap(cfg)[chain_id]
+    assert snap.timestamp is not None
+    return snap.timestamp
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"answer": 0}, FeedStatus.INVALID),
+        ({"answer": -250_000_000_000}, FeedStatus.INVALID),
+        ({"answer": 3_000 * 10**8, "updated_at": "future"}, FeedStatus.INVALID),
+        ({"answer": 3_000 * 10**8, "updated_at": 0}, FeedStatus.INVALID),
+        ({"answer": 3_000 * 10**8, "updated_at": "stale"}, FeedStatus.STALE),
+        ({"price": Decimal("5")}, FeedStatus.OUT_OF_BOUNDS),
+        ({"price": Decimal("250000")}, FeedStatus.OUT_OF_BOUNDS),
+        ({"price": Decimal("3000")}, FeedStatus.OK),
+    ],
+)
+def test_feed_states_come_back_with_their_status(
+    own: OmnimarginConfig, kwargs: dict, status: FeedStatus
+) -> None:  # type: ignore[type-arg]
+    now = _now(own, ETH_CHAIN)
+    when = {"future": now + 3600, "stale": now - 100_000}
+    args = {k: when.get(v, v) if k == "updated_at" else v for k, v in kwargs.items()}
+    try:
+        asyncio.run(set_feed(own, ETH_CHAIN, "ETH", **args))
+        got, reason = _feed_status(own, ETH_CHAIN, "ETH")
+        assert got is status, reason
+        # the other feeds of the chain are untouched
+        others = [p.status for p in _snap(own)[ETH_CHAIN].prices if p.asset != "ETH"]
+        assert set(others) == {FeedStatus.OK}
+    finally:
+        asyncio.run(set_feed(own, ETH_CHAIN, "ETH", price=Decimal("2589.82")))
+
+
+def test_sequencer_down_and_grace_period(own: OmnimarginConfig) -> None:
+    now = _now(own, ARB_CHAIN)
+    try:
+        asyncio.run(set_sequencer(own, ARB_CHAIN, up=False, since=now - 10))
+        snap = _snap(own)[ARB_CHAIN]
+        assert snap.sequencer is not None and not snap.sequencer.up
+        assert {p.status for p in snap.prices} == {FeedStatus.SEQUENCER_DOWN}
+        asyncio.run(set_sequencer(own, ARB_CHAIN, up=True, since=now - 60))  # back, inside grace
+        snap = _snap(own)[ARB_CHAIN]
+        assert snap.sequencer is not None and snap.sequencer.up
+        assert {p.status for p in snap.prices} == {FeedStatus.SEQUENCER_DOWN}
+        assert "grace" in snap.prices[0].reason
+        assert {p.status for p in _snap(own)[ETH_CHAIN].prices} == {FeedStatus.OK}  # L1 unaffected
+    finally:
+        asyncio.run(set_sequencer(own, ARB_CHAIN, up=True, since=now - 7200))
+    assert {p.status for p in _snap(own)[ARB_CHAIN].prices} == {FeedStatus.OK}
+
+
+def test_snapshot_cli_prints_json_with_raw_integer_strings(devnet) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aggregator.cli",
+            "snapshot",
+            "--json",
+            "--config",
+            str(devnet.directory / "config.toml"),
+            "--accounts",
+            devnet.config.accounts[0].lower(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    data = json.loads(out.stdout)
+    chains = {c["chain_id"]: c for c in data["chains"]}
+    assert set(chains) == {ETH_CHAIN, ARB_CHAIN, BASE_CHAIN}
+    weth = [
+        b for b in chains[ETH_CHAIN]["balances"] if b["symbol"] == "WETH" and b["source"] == "vault"
+    ]
+    assert weth[0]["amount"] == "12345678901234567891" and weth[0]["decimals"] == 18
+    assert weth[0]["account"] == to_checksum_address(devnet.config.accounts[0])
+    assert all(p["status"] == "ok" for c in chains.values() for p in c["prices"])
+    assert {"block_number", "block_hash", "timestamp", "errors"} <= set(chains[ETH_CHAIN])
