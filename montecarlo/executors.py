@@ -9,9 +9,11 @@ With the CuPy backend each task asks Ray for one GPU.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from threadpoolctl import threadpool_limits
@@ -28,22 +30,43 @@ def single_blas_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     A multi-threaded BLAS splits a product differently for different thread counts and so
     changes the last bits of the P&L; with one BLAS thread per worker, a chunk gives the same
     bits in every process, which the exact local/Ray equality rests on. Parallelism comes from
-    the workers instead (NumPy releases the GIL in its RNG, BLAS, ufunc and partition loops).
+    the workers (processes) instead.
     """
     with threadpool_limits(limits=1, user_api="blas"):
         return fn(*args, **kwargs)
 
 
+#: a pass over fewer loss values (accounts x scenarios) than this runs in this process
+PROCESS_THRESHOLD = 20_000_000
+
+
 class LocalExecutor(Executor):
-    """In-process: ``workers`` threads, each taking one contiguous range of chunks."""
+    """This machine: each pass cut into ``workers`` contiguous chunk ranges.
+
+    Large NumPy passes run the ranges on a pool of worker processes (NumPy holds the GIL in
+    ``partition`` and in its generators, so threads do not scale); small passes, and the CuPy
+    backend, run them one after the other in this process. The figures are the same either
+    way. ``processes`` forces the choice; the pool lives until :meth:`close`.
+    """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, processes: bool | None = None) -> None:
         workers = workers or os.cpu_count() or 1
         if workers < 1:
             raise InvalidParameter("workers", f"must be >= 1, got {workers}")
         self.workers = workers
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _use_processes(
+        self, problem: RiskProblem, ranges: list[tuple[int, int]], backend: Any
+    ) -> bool:
+        if len(ranges) < 2 or backend != "numpy":
+            return False
+        if self.processes is not None:
+            return self.processes
+        return problem.n_accounts * problem.scenarios >= PROCESS_THRESHOLD
 
     def map(
         self,
@@ -53,16 +76,47 @@ class LocalExecutor(Executor):
         progress: ProgressFn | None,
         **kwargs: Any,
     ) -> list[Any]:
+        if self._use_processes(problem, ranges, kwargs.get("backend")):
+            try:
+                return self._on_processes(fn, problem, ranges, progress, kwargs)
+            except BrokenProcessPool as exc:  # e.g. a __main__ the workers cannot re-import
+                log.warning("local executor: worker processes failed (%s); running in-process", exc)
+                self.close()
+                self.processes = False
         with threadpool_limits(limits=1, user_api="blas"):
-            if len(ranges) == 1:
-                ((a, b),) = ranges
-                return [fn(problem, first=a, last=b, on_chunk=progress, **kwargs)]
-            with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-                futures = [
-                    pool.submit(fn, problem, first=a, last=b, on_chunk=progress, **kwargs)
-                    for a, b in ranges
-                ]
-                return [f.result() for f in futures]
+            return [fn(problem, first=a, last=b, on_chunk=progress, **kwargs) for a, b in ranges]
+
+    def _on_processes(
+        self,
+        fn: Callable[..., Any],
+        problem: RiskProblem,
+        ranges: list[tuple[int, int]],
+        progress: ProgressFn | None,
+        kwargs: dict[str, Any],
+    ) -> list[Any]:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["montecarlo.engine"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+        futures = {
+            self._pool.submit(single_blas_thread, fn, problem, first=a, last=b, **kwargs): b - a
+            for a, b in ranges
+        }
+        for done in as_completed(futures):
+            if progress is not None:
+                progress(futures[done])
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RayUnavailable(MonteCarloError, RuntimeError):

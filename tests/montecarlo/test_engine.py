@@ -119,6 +119,12 @@ def test_same_seed_same_bits_for_any_worker_count() -> None:
         other = run_risk(problem, executor=LocalExecutor(workers))
         for field in ("var", "es", "var_stderr", "es_stderr", "components", "tail"):
             np.testing.assert_array_equal(getattr(one, field), getattr(other, field), err_msg=field)
+    with LocalExecutor(3, processes=True) as pool:  # worker processes, not threads
+        other = run_risk(problem, executor=pool)
+        again = run_risk(problem, executor=pool)  # the pool is reused
+    for field in ("var", "es", "var_stderr", "es_stderr", "components"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(other, field), err_msg=field)
+        np.testing.assert_array_equal(getattr(one, field), getattr(again, field), err_msg=field)
     different = run_risk(RiskProblem(model, problem.exposures, 0.99, 70_001, seed=5))
     assert not np.array_equal(one.var, different.var)
 
