@@ -96,13 +96,6 @@ def make_executor(
     return LocalExecutor(workers)
 
 
-def shutdown_executor(executor: Executor) -> None:
-    if executor.name == "ray":
-        import ray
-
-        ray.shutdown()
-
-
 @app.command(cls=OneLineErrors)
 def risk(
     portfolio: Annotated[Path, typer.Option("--portfolio", "-p", help="Portfolio JSON file.")],
@@ -154,7 +147,7 @@ def risk(
             with LazyProgress("Monte Carlo", total, enabled=not as_json) as progress:
                 report = run_portfolio_risk(pf, opts, ex, progress)
         finally:
-            shutdown_executor(ex)
+            ex.close()
     except (AggregatorError, MonteCarloError) as exc:
         fail(str(exc))
     if as_json:

@@ -337,6 +337,9 @@ class Executor:
     ) -> list[Any]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the executor started (worker pools, a Ray it started itself)."""
+
 
 def merge_tails(problem: RiskProblem, parts: list[TailPartial]) -> tuple[np.ndarray, ...]:
     """Exact merge of pass-1 partials: (tail (A, k) decreasing, var, es, var_se, es_se)."""

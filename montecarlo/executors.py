@@ -145,7 +145,8 @@ class RayExecutor(Executor):
             raise RayUnavailable(f"executor: ray cannot be imported ({exc})") from exc
         self._ray = ray
         self.gpu = gpu
-        if not ray.is_initialized():
+        self._started = not ray.is_initialized()
+        if self._started:
             try:
                 ray.init(
                     address=address,
@@ -187,3 +188,9 @@ class RayExecutor(Executor):
                 if progress is not None:
                     progress(chunks)
         return list(ray.get(order))
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it; a cluster or a caller's Ray stays up."""
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started = False
