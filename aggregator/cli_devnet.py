@@ -30,7 +30,7 @@ devnet_app = typer.Typer(
     no_args_is_help=True,
 )
 
-REPLAY_ASSETS = ("BTC", "ETH", "USDC", "LINK")
+REPLAY_ASSETS = ("BTC", "ETH", "USDC", "USDT", "LINK")
 DEFAULT_DIR = Path(".omnimargin")
 DirOption = Annotated[Path, typer.Option("--dir", help="Devnet directory (state, config, logs).")]
 

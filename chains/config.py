@@ -81,7 +81,7 @@ class ChainConfig(_Strict):
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_s: Annotated[float, Field(ge=0, le=10)] = 0.2
-    batch_size: Annotated[int, Field(ge=1, le=500)] = 400
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 500  # calls per aggregate3
 
     @model_validator(mode="after")
     def _l2_has_sequencer(self) -> ChainConfig:

@@ -28,6 +28,10 @@ HEARTBEAT_S = 86_400
 SEQUENCER_GRACE_S = 3600
 
 
+#: calls per aggregate3 on the devnet (its Multicall3 takes up to 2,048)
+DEVNET_BATCH = 2000
+
+
 def _number(value: Decimal) -> int | float:
     """TOML has no decimals: integral bounds as integers, the others as short floats."""
     return int(value) if value == value.to_integral_value() else float(value)
@@ -43,6 +47,7 @@ def _chain(dep: Deployment) -> dict[str, Any]:
         "multicall3": dep.contracts["Multicall3"],
         "multicall3_codehash": dep.multicall3_codehash,
         "l2": dep.node.l2,
+        "batch_size": DEVNET_BATCH,
     }
     if dep.node.l2:
         out["sequencer_feed"] = dep.contracts[SEQUENCER_NAME]

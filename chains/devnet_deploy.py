@@ -66,12 +66,15 @@ TOKENS = (
     TokenSpec("WBTC", "Wrapped BTC", 8, "BTC"),
     TokenSpec("WETH", "Wrapped Ether", 18, "ETH"),
     TokenSpec("USDC.e", "Bridged USDC", 6, "USDC", on_l1=False, kind="canonical_bridge"),
+    TokenSpec("LINK", "ChainLink Token", 18, "LINK"),
+    TokenSpec("USDT", "Tether USD", 6, "USDT", on_l2=False),
 )
 FEEDS = (
     FeedSpec("ETH", Decimal(10), Decimal(100_000), Decimal(3000)),
     FeedSpec("BTC", Decimal(1000), Decimal(1_000_000), Decimal(60_000)),
     FeedSpec("USDC", Decimal("0.5"), Decimal(2), Decimal(1)),
-    FeedSpec("LINK", Decimal("0.1"), Decimal(10_000), Decimal(15), l1_only=True),
+    FeedSpec("LINK", Decimal("0.1"), Decimal(10_000), Decimal(15)),
+    FeedSpec("USDT", Decimal("0.5"), Decimal(2), Decimal(1), l1_only=True),
 )
 ERC4626_CHAIN = 2  # chain index of yvUSDC
 ERC4626_ASSET = "USDC"  # its underlying token

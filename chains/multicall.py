@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import decode, encode
+from eth_abi import encode
+from eth_abi.exceptions import DecodingError
 from eth_utils import function_signature_to_4byte_selector, keccak
 
 from chains.errors import InconsistentChain
@@ -24,6 +25,21 @@ def selector(signature: str) -> bytes:
 def calldata(signature: str, types: list[str], args: list[Any]) -> bytes:
     """ABI-encoded call: 4-byte selector of ``signature`` then the encoded ``args``."""
     return selector(signature) + (encode(types, args) if types else b"")
+
+
+def address_word(address: str) -> bytes:
+    """An address as one ABI word (what ``encode(["address"], [a])`` gives, 20x faster)."""
+    raw = bytes.fromhex(address.removeprefix("0x"))
+    if len(raw) != 20:
+        raise ValueError(f"not a 20-byte address: {address!r}")
+    return bytes(12) + raw
+
+
+def word_uint(data: bytes) -> int:
+    """The first ABI word as an unsigned integer."""
+    if len(data) < 32:
+        raise DecodingError(f"expected a 32-byte word, got {len(data)} bytes")
+    return int.from_bytes(data[:32], "big")
 
 
 @dataclass(frozen=True)
@@ -44,15 +60,50 @@ class Result:
         return self.success and len(self.data) > 0
 
 
+def _word(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
 def encode_aggregate3(calls: list[Call]) -> bytes:
-    return bytes(AGGREGATE3) + encode(
-        ["(address,bool,bytes)[]"], [[(c.target, True, c.data) for c in calls]]
-    )
+    """Calldata of ``aggregate3((address,bool,bytes)[])`` with allowFailure on every call.
+
+    Hand-rolled ABI encoding of this one signature (eth-abi's generic encoder costs about 20 us
+    per call, which dominated a 10,000-call snapshot); checked against eth-abi in the tests.
+    """
+    n = len(calls)
+    heads: list[bytes] = []
+    tails: list[bytes] = []
+    offset = 32 * n
+    for c in calls:
+        heads.append(_word(offset))
+        pad = (-len(c.data)) % 32
+        tail = b"".join(
+            (address_word(c.target), _word(1), _word(96), _word(len(c.data)), c.data, bytes(pad))
+        )
+        tails.append(tail)
+        offset += len(tail)
+    return b"".join((bytes(AGGREGATE3), _word(32), _word(n), *heads, *tails))
 
 
 def decode_aggregate3(data: bytes) -> list[Result]:
-    (rows,) = decode(["(bool,bytes)[]"], data)
-    return [Result(bool(ok), bytes(ret)) for ok, ret in rows]
+    """Decode ``(bool,bytes)[]`` (hand-rolled, bounds-checked; checked against eth-abi)."""
+    try:
+        start = word_uint(data) + 32
+        n = word_uint(data[start - 32 :])
+        if start + 32 * n > len(data):
+            raise DecodingError("aggregate3 answer shorter than its length")
+        out = []
+        for i in range(n):
+            at = start + word_uint(data[start + 32 * i :])
+            ok = word_uint(data[at:])
+            bytes_at = at + word_uint(data[at + 32 :])
+            size = word_uint(data[bytes_at:])
+            if ok > 1 or bytes_at + 32 + size > len(data):
+                raise DecodingError(f"aggregate3 result {i} is malformed")
+            out.append(Result(bool(ok), data[bytes_at + 32 : bytes_at + 32 + size]))
+        return out
+    except IndexError as exc:  # pragma: no cover - slices do not raise; kept for safety
+        raise DecodingError(str(exc)) from None
 
 
 async def aggregate3(

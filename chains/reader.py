@@ -22,7 +22,16 @@ from web3.exceptions import Web3Exception
 
 from chains.config import ChainConfig, FeedConfig, OmnimarginConfig, SourceConfig, TokenConfig
 from chains.errors import ChainError, InconsistentChain
-from chains.multicall import Call, Result, aggregate3, calldata, codehash
+from chains.multicall import (
+    Call,
+    Result,
+    address_word,
+    aggregate3,
+    calldata,
+    codehash,
+    selector,
+    word_uint,
+)
 from chains.oracle import feed_status, sequencer_state
 from chains.rpc import ChainClient, as_bytes, as_hash, as_int
 from chains.types import (
@@ -38,6 +47,10 @@ from chains.types import (
 )
 
 ROUND = ["uint80", "int256", "uint256", "uint256", "uint80"]
+DECIMALS = selector("decimals()")
+BALANCE_OF = selector("balanceOf(address)")
+COLLATERAL = selector("collateral(address,address)")
+LATEST_ROUND = selector("latestRoundData()")
 
 
 @dataclass(frozen=True)
@@ -64,8 +77,7 @@ class _Read:
     feed: FeedConfig | None = None
 
 
-def _uint(data: bytes) -> int:
-    return int(decode(["uint256"], data)[0])
+_uint = word_uint
 
 
 class ChainReader:
@@ -176,46 +188,33 @@ class ChainReader:
         )
 
     def _plan(self, accounts: list[str]) -> list[_Read]:
+        """Every sub-call of a snapshot, in a fixed order (per-account calls encoded by hand:
+        they are thousands)."""
         cid = self.chain.chain_id
         tokens = {t.address: t for t in self.config.tokens_on(cid)}
-        reads = [
-            _Read("decimals", Call(t.address, calldata("decimals()", [], [])), token=t)
-            for t in tokens.values()
-        ]
+        reads = [_Read("decimals", Call(t.address, DECIMALS), token=t) for t in tokens.values()]
+        words = {a: address_word(a) for a in accounts}
         for src in self.config.sources_on(cid):
             chosen = [tokens[a] for a in (src.tokens or list(tokens))]
             for account in accounts:
                 if src.kind is SourceKind.ERC4626:
-                    data = calldata("balanceOf(address)", ["address"], [account])
                     assert src.address is not None
-                    reads.append(_Read("shares", Call(src.address, data), account, chosen[0], src))
+                    call = Call(src.address, BALANCE_OF + words[account])
+                    reads.append(_Read("shares", call, account, chosen[0], src))
                     continue
                 for tok in chosen:
                     if src.kind is SourceKind.VAULT:
                         assert src.address is not None
-                        data = calldata(
-                            "collateral(address,address)",
-                            ["address", "address"],
-                            [account, tok.address],
-                        )
+                        data = COLLATERAL + words[account] + address_word(tok.address)
                         call = Call(src.address, data)
                     else:
-                        call = Call(
-                            tok.address, calldata("balanceOf(address)", ["address"], [account])
-                        )
+                        call = Call(tok.address, BALANCE_OF + words[account])
                     reads.append(_Read("balance", call, account, tok, src))
         for feed in self.config.feeds_on(cid):
-            reads.append(
-                _Read("feed", Call(feed.address, calldata("latestRoundData()", [], [])), feed=feed)
-            )
-            reads.append(
-                _Read(
-                    "feed_decimals", Call(feed.address, calldata("decimals()", [], [])), feed=feed
-                )
-            )
+            reads.append(_Read("feed", Call(feed.address, LATEST_ROUND), feed=feed))
+            reads.append(_Read("feed_decimals", Call(feed.address, DECIMALS), feed=feed))
         if self.chain.sequencer_feed is not None:
-            call = Call(self.chain.sequencer_feed, calldata("latestRoundData()", [], []))
-            reads.append(_Read("sequencer", call))
+            reads.append(_Read("sequencer", Call(self.chain.sequencer_feed, LATEST_ROUND)))
         return reads
 
     async def _read(

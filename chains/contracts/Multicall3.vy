@@ -6,7 +6,7 @@
         same reader code works on the devnet and on real networks.
 """
 
-MAX_CALLS: constant(uint256) = 512
+MAX_CALLS: constant(uint256) = 2048
 MAX_CALLDATA: constant(uint256) = 196
 MAX_RETURN: constant(uint256) = 192
 

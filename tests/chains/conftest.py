@@ -9,48 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
+from aggregator.cli_devnet import replay_history
 from chains.config import OmnimarginConfig, load_config
 from chains.devnet import DevnetInfo, History, devnet_down, devnet_up
 from chains.devnet_nodes import anvil_binary, free_ports
 from chains.errors import DevnetError
 
-# the last five real daily closes shipped in aggregator/data/prices
-HISTORY: History = {
-    "BTC": [
-        ("2025-02-07", Decimal("96529.0859375")),
-        ("2025-02-08", Decimal("96482.453125")),
-        ("2025-02-09", Decimal("96500.09375")),
-        ("2025-02-10", Decimal("97437.5546875")),
-        ("2025-02-11", Decimal("95057.5390625")),
-    ],
-    "ETH": [
-        ("2025-02-07", Decimal("2622.211181640625")),
-        ("2025-02-08", Decimal("2632.308349609375")),
-        ("2025-02-09", Decimal("2628.72119140625")),
-        ("2025-02-10", Decimal("2661.166748046875")),
-        ("2025-02-11", Decimal("2589.8212890625")),
-    ],
-    "USDC": [
-        ("2025-02-07", Decimal("1.0001070499420166")),
-        ("2025-02-08", Decimal("1.0000890493392944")),
-        ("2025-02-09", Decimal("1.0000269412994385")),
-        ("2025-02-10", Decimal("0.9999390244483948")),
-        ("2025-02-11", Decimal("0.9999855756759644")),
-    ],
-    "LINK": [
-        ("2025-02-07", Decimal("18.386972427368164")),
-        ("2025-02-08", Decimal("18.464569091796875")),
-        ("2025-02-09", Decimal("18.30515480041504")),
-        ("2025-02-10", Decimal("18.766145706176758")),
-        ("2025-02-11", Decimal("18.423974990844727")),
-    ],
-}
+# the real daily closes shipped in aggregator/data/prices, last five days
+HISTORY: History = {a: days[-5:] for a, days in replay_history().items()}
 
 
 class Devnet(NamedTuple):

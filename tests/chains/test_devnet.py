@@ -102,8 +102,10 @@ def test_config_validates_and_pins_multicall3_code(devnet: Any) -> None:
         if chain.l2:
             assert chain.sequencer_feed is not None and chain.sequencer_grace_s == 3600
     assert len(config.accounts) == len(DEMO_ACCOUNTS)
-    assert {f.asset for f in config.feeds_on(31337001)} == {"ETH", "BTC", "USDC", "LINK"}
-    assert {f.asset for f in config.feeds_on(31337003)} == {"ETH", "BTC", "USDC"}
+    assert {f.asset for f in config.feeds_on(31337001)} == {"ETH", "BTC", "USDC", "USDT", "LINK"}
+    assert {f.asset for f in config.feeds_on(31337003)} == {"ETH", "BTC", "USDC", "LINK"}
+    for cid in (31337001, 31337002, 31337003):  # five tokens on every chain
+        assert len(config.tokens_on(cid)) == 5
     usdc_e = token(config, 31337002, "USDC.e")
     assert (usdc_e.kind, usdc_e.bridge, usdc_e.asset) == (
         "canonical_bridge",
