@@ -35,6 +35,8 @@ from montecarlo.reduce import Node, TreeFold, tree_total
 DEFAULT_MAX_CHUNK = 32_768
 #: at least this many chunks (batches for the standard errors) when M allows
 MIN_BATCHES = 16
+#: at most this many loss values (accounts x scenarios) computed at once in a worker
+LOSS_BLOCK = 1 << 23
 DTYPES = ("float64", "float32")
 
 ProgressFn = Callable[[int], None]
@@ -165,21 +167,33 @@ def _has_unsorted_jumps(model: ScenarioModel) -> bool:
 
 
 class _Bound:
-    """A problem bound to an array namespace inside one worker."""
+    """A problem bound to an array namespace inside one worker.
+
+    Accounts are processed in blocks so that one block's losses hold at most ``LOSS_BLOCK``
+    values, whatever the number of accounts; the blocks depend on the problem only, so both
+    passes (and every worker) compute each loss with the same product.
+    """
 
     def __init__(self, problem: RiskProblem, backend: str) -> None:
         self.problem = problem
         self.xp = resolve_backend(backend).xp
         self.sampler = problem.model.sampler(self.xp, problem.dtype)
-        # losses = (-E^T) @ R^T: (A, n) @ (n, m) -> (A, m)
-        self.neg_exposures_t = self.xp.asarray(-problem.exposures.T, dtype=problem.dtype)
+        # losses = (-E^T) @ R^T: (A, n) @ (n, m) -> (A, m), one block of accounts at a time
+        neg_t = self.xp.asarray(-problem.exposures.T, dtype=problem.dtype)
+        size = max(1, LOSS_BLOCK // problem.plan.chunk_size)
+        n_accounts = problem.n_accounts
+        self.blocks = [slice(i, min(i + size, n_accounts)) for i in range(0, n_accounts, size)]
+        self.neg_exposures_t = [neg_t[b] for b in self.blocks]
 
-    def chunk(self, c: int) -> tuple[Any, Any]:
-        """Scenario returns R_c (m, n) and losses (A, m) of chunk c."""
+    def returns(self, c: int) -> Any:
+        """Scenario returns R_c (m, n) of chunk c."""
         start, stop = self.problem.plan.bounds(c)
         rng = self.xp.random.default_rng(chunk_seed(self.problem.seed, c))
-        r = self.sampler.sample(rng, stop - start)
-        return r, self.neg_exposures_t @ r.T
+        return self.sampler.sample(rng, stop - start)
+
+    def losses(self, r: Any, block: int) -> Any:
+        """Losses (accounts of ``block``, m) of the scenarios ``r``."""
+        return self.neg_exposures_t[block] @ r.T
 
 
 # --------------------------------------------------------------------------- pass 1: tails
@@ -200,6 +214,41 @@ class TailPartial:
     batch_es: np.ndarray
 
 
+class _TailTracker:
+    """Running top-k and per-chunk figures of one block of accounts."""
+
+    def __init__(self, xp: Any, k: int, alpha: float) -> None:
+        self.xp, self.k, self.alpha = xp, k, alpha
+        self.held: list[Any] = []
+        self.held_n = 0
+        self.threshold: Any = None  # (B, 1) k-th largest loss held so far, once k are held
+        self.batch_var: list[Any] = []
+        self.batch_es: list[Any] = []
+
+    def add(self, losses: Any) -> None:
+        xp, k = self.xp, self.k
+        m = int(losses.shape[1])
+        k_c = tail_count(self.alpha, m)
+        if self.threshold is None:
+            w = min(k, m)
+        else:
+            w = min(m, max(k_c, int((losses > self.threshold).sum(axis=1).max())))
+        chunk_top = top_k(losses, w)
+        # sorted, so the batch mean does not depend on what this worker saw before
+        batch_tail = xp.sort(top_k(chunk_top, k_c), axis=1)
+        self.batch_var.append(batch_tail.min(axis=1))
+        self.batch_es.append(batch_tail.mean(axis=1))
+        self.held.append(chunk_top)
+        self.held_n += w
+        if self.held_n >= 2 * k or (self.threshold is None and self.held_n >= k):
+            merged = top_k(xp.concatenate(self.held, axis=1), k)
+            self.held, self.held_n = [merged], k
+            self.threshold = merged.min(axis=1)[:, None]
+
+    def top(self) -> Any:
+        return top_k(self.xp.concatenate(self.held, axis=1), min(self.k, self.held_n))
+
+
 def tail_pass(
     problem: RiskProblem, backend: str, first: int, last: int, on_chunk: ProgressFn | None = None
 ) -> TailPartial:
@@ -211,36 +260,18 @@ def tail_pass(
     when they reach 2k. Cost per chunk: one comparison and one partition of the (A, m) losses.
     """
     b = _Bound(problem, backend)
-    xp, k, alpha = b.xp, problem.k, problem.alpha
-    held: list[Any] = []
-    held_n = 0
-    threshold = None  # (A, 1) k-th largest loss held so far, once k are held
-    batch_var, batch_es = [], []
+    xp = b.xp
+    trackers = [_TailTracker(xp, problem.k, problem.alpha) for _ in b.blocks]
     for c in range(first, last):
-        _, losses = b.chunk(c)
-        m = int(losses.shape[1])
-        k_c = tail_count(alpha, m)
-        if threshold is None:
-            w = min(k, m)
-        else:
-            w = min(m, max(k_c, int((losses > threshold).sum(axis=1).max())))
-        chunk_top = top_k(losses, w)
-        # sorted, so the batch mean does not depend on what this worker saw before
-        batch_tail = xp.sort(top_k(chunk_top, k_c), axis=1)
-        batch_var.append(batch_tail.min(axis=1))
-        batch_es.append(batch_tail.mean(axis=1))
-        held.append(chunk_top)
-        held_n += w
-        if held_n >= 2 * k or (threshold is None and held_n >= k):
-            merged = top_k(xp.concatenate(held, axis=1), k)
-            held, held_n = [merged], k
-            threshold = merged.min(axis=1)[:, None]
+        r = b.returns(c)
+        for j, tracker in enumerate(trackers):
+            tracker.add(b.losses(r, j))
         if on_chunk is not None:
             on_chunk(1)
-    top = top_k(xp.concatenate(held, axis=1), min(k, held_n))
-    return TailPartial(
-        first, last, to_numpy(top), to_numpy(xp.stack(batch_var)), to_numpy(xp.stack(batch_es))
-    )
+    top = xp.concatenate([t.top() for t in trackers], axis=0)
+    batch_var = xp.concatenate([xp.stack(t.batch_var) for t in trackers], axis=1)
+    batch_es = xp.concatenate([xp.stack(t.batch_es) for t in trackers], axis=1)
+    return TailPartial(first, last, to_numpy(top), to_numpy(batch_var), to_numpy(batch_es))
 
 
 # --------------------------------------------------------------------------- pass 2: components
@@ -273,20 +304,25 @@ def component_pass(
     """Pass 2 over chunks [first, last) given each account's VaR (A,) from pass 1."""
     b = _Bound(problem, backend)
     xp, dtype = b.xp, problem.dtype
-    threshold = xp.asarray(var, dtype=dtype)[:, None]
+    thresholds = [xp.asarray(var[blk], dtype=dtype)[:, None] for blk in b.blocks]
     fold, eq_fold = TreeFold(), TreeFold()
     n_gt = np.zeros(problem.n_accounts, dtype=np.int64)
     n_eq = np.zeros(problem.n_accounts, dtype=np.int64)
     for c in range(first, last):
-        r, losses = b.chunk(c)
-        gt = losses > threshold
-        eq = losses == threshold
-        n_gt += to_numpy(gt.sum(axis=1))
-        n_eq += to_numpy(eq.sum(axis=1))
-        tail = gt if split else gt | eq
-        fold.push(c, to_numpy(tail.astype(dtype) @ r).astype(np.float64))
+        r = b.returns(c)
+        sums, eq_sums = [], []
+        for j, blk in enumerate(b.blocks):
+            losses = b.losses(r, j)
+            gt = losses > thresholds[j]
+            eq = losses == thresholds[j]
+            n_gt[blk] += to_numpy(gt.sum(axis=1))
+            n_eq[blk] += to_numpy(eq.sum(axis=1))
+            sums.append((gt if split else gt | eq).astype(dtype) @ r)
+            if split:
+                eq_sums.append(eq.astype(dtype) @ r)
+        fold.push(c, to_numpy(xp.concatenate(sums, axis=0)).astype(np.float64))
         if split:
-            eq_fold.push(c, to_numpy(eq.astype(dtype) @ r).astype(np.float64))
+            eq_fold.push(c, to_numpy(xp.concatenate(eq_sums, axis=0)).astype(np.float64))
         if on_chunk is not None:
             on_chunk(1)
     return ComponentPartial(fold.nodes(), eq_fold.nodes(), n_gt, n_eq)
@@ -433,7 +469,7 @@ def draw_scenarios(problem: RiskProblem, backend: str = "numpy") -> Any:
     """
     canonical, order = problem.canonical()
     b = _Bound(canonical, resolve_backend(backend).name)
-    r = b.xp.concatenate([b.chunk(c)[0] for c in range(canonical.plan.n_chunks)], axis=0)
+    r = b.xp.concatenate([b.returns(c) for c in range(canonical.plan.n_chunks)], axis=0)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
     return r[:, b.xp.asarray(inverse)]

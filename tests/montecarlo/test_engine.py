@@ -202,3 +202,21 @@ def test_one_scenario_is_a_valid_run_with_undefined_error() -> None:
     res = run_risk(RiskProblem(model, [1e4], 0.99, 1, seed=0))
     assert res.k == 1 and res.var[0] == res.es[0]
     assert np.isnan(res.var_stderr[0])
+
+
+def test_account_blocks_bound_memory_and_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import montecarlo.engine as engine
+
+    rng = np.random.default_rng(12)
+    n, accounts = 3, 50
+    model = StudentTModel(("A", "B", "C"), [0.02, 0.03, 0.05], np.eye(n), dof=5)
+    problem = RiskProblem(model, rng.normal(0, 1e4, (n, accounts)), 0.975, 20_000, seed=8)
+    whole = run_risk(problem, executor=LocalExecutor(1))
+    # blocks of 7 accounts per chunk, the last one of a single account
+    monkeypatch.setattr(engine, "LOSS_BLOCK", 7 * problem.plan.chunk_size)
+    blocked = run_risk(problem, executor=LocalExecutor(2))
+    assert engine._Bound(problem, "numpy").blocks[-1] == slice(49, 50)
+    for field in ("var", "es", "var_stderr", "es_stderr", "components"):
+        np.testing.assert_allclose(getattr(blocked, field), getattr(whole, field), rtol=1e-12)
+    assert blocked.components is not None
+    np.testing.assert_allclose(blocked.components.sum(axis=1), blocked.es, rtol=1e-10)
