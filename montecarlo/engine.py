@@ -233,7 +233,7 @@ class _TailTracker:
             w = min(k, m)
         else:
             w = min(m, max(k_c, int((losses > self.threshold).sum(axis=1).max())))
-        chunk_top = top_k(losses, w)
+        chunk_top = top_k(losses, w, overwrite=True)  # the chunk's losses are a temporary
         # sorted, so the batch mean does not depend on what this worker saw before
         batch_tail = xp.sort(top_k(chunk_top, k_c), axis=1)
         self.batch_var.append(batch_tail.min(axis=1))
@@ -283,7 +283,8 @@ class ComponentPartial:
 
     sums : tree nodes of (A, n) sums of R rows with loss >= VaR (``split``: loss > VaR) and,
         with ``split``, ``eq_sums`` of rows with loss == VaR.
-    n_gt, n_eq : (A,) counts of losses above and equal to VaR.
+    n_gt, n_eq : (A,) counts of losses above and equal to VaR (without ``split``: n_gt is 0
+        and n_eq counts the losses >= VaR).
     """
 
     sums: dict[Node, Any]
@@ -313,13 +314,17 @@ def component_pass(
         sums, eq_sums = [], []
         for j, blk in enumerate(b.blocks):
             losses = b.losses(r, j)
+            if not split:  # one comparison: the tail is every loss >= VaR unless ties spill
+                ge = losses >= thresholds[j]
+                n_eq[blk] += to_numpy(ge.sum(axis=1))
+                sums.append(ge.astype(dtype) @ r)
+                continue
             gt = losses > thresholds[j]
             eq = losses == thresholds[j]
             n_gt[blk] += to_numpy(gt.sum(axis=1))
             n_eq[blk] += to_numpy(eq.sum(axis=1))
-            sums.append((gt if split else gt | eq).astype(dtype) @ r)
-            if split:
-                eq_sums.append(eq.astype(dtype) @ r)
+            sums.append(gt.astype(dtype) @ r)
+            eq_sums.append(eq.astype(dtype) @ r)
         fold.push(c, to_numpy(xp.concatenate(sums, axis=0)).astype(np.float64))
         if split:
             eq_fold.push(c, to_numpy(xp.concatenate(eq_sums, axis=0)).astype(np.float64))

@@ -43,16 +43,20 @@ def tail_count(alpha: float, m: int) -> int:
     return min(max(k, 1), m)
 
 
-def top_k(losses: Any, k: int) -> Any:
+def top_k(losses: Any, k: int, overwrite: bool = False) -> Any:
     """The k largest values along the last axis, unordered; (..., m) -> (..., k).
 
-    A fresh array (not a view into the partitioned copy), so holding the result does not keep
-    the m values alive.
+    A fresh array (not a view into the partitioned one), so holding the result does not keep
+    the m values alive. ``overwrite`` partitions ``losses`` in place (for temporaries), which
+    saves copying all m values.
     """
     xp = array_namespace(losses)
     m = int(losses.shape[-1])
     if k >= m:
         return losses
+    if overwrite:
+        losses.partition(m - k, axis=-1)
+        return losses[..., m - k :].copy()
     return xp.partition(losses, m - k, axis=-1)[..., m - k :].copy()
 
 
