@@ -91,13 +91,43 @@ def run(n_accounts: int, repeat: int) -> dict[str, Any]:
             devnet_down(directory)
 
 
+def section(record: dict[str, Any]) -> str:
+    """The chain-read section of RESULTS.md."""
+    verdict = "PASS" if record["pass"] else "FAIL"
+    lines = [
+        "<!-- chains:start -->",
+        "## Chain reads (devnet, `python -m benchmarks.chain_reads`)",
+        "",
+        f"* Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{record['accounts']:,} accounts x 5 tokens on each of 3 anvil chains, read at a pinned "
+        "block through Multicall3 aggregate3 (vault + wallet balances, every feed, the sequencer).",
+        f"* Target (< {TARGET_S} s for all chains, < {TARGET_REQUESTS} JSON-RPC requests per "
+        f"chain): **{verdict}** — best {record['wall_s_best']} s, "
+        f"median {record['wall_s_median']} s.",
+        "",
+        "| chain | tokens | balances read | requests (counted) | read s | calls per aggregate3 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, requests in record["requests_per_chain"].items():
+        lines.append(
+            f"| {name} | {record['tokens_per_chain'][name]} | {record['balances_read'][name]} | "
+            f"{requests} | {record['chain_read_s'][name]} | {record['batch_size'][name]} |"
+        )
+    return "\n".join([*lines, "<!-- chains:end -->", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.results import METHOD, RESULTS_PATH, write_sections
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-results", action="store_true", help="Do not touch RESULTS.md.")
     args = parser.parse_args(argv)
     record = run(args.accounts, args.repeat)
     print(json.dumps(record))
+    if not args.no_results:
+        write_sections(RESULTS_PATH, METHOD, {"chains": section(record)})
     return 0
 
 

@@ -207,4 +207,16 @@ def write_results(
         or _wrap("cupy", f"## GPU results (CuPy backend)\n\n{NO_GPU}\n"),
     }
     sections[backend] = render_section(backend, records, ctx)
-    path.write_text(METHOD + "\n" + sections["numpy"] + "\n" + sections["cupy"])
+    write_sections(path, METHOD, sections)
+
+
+def write_sections(path: Path, method: str, sections: dict[str, str]) -> None:
+    """Write ``method`` and ``sections`` (name -> wrapped text), keeping every other section of
+    the existing file (e.g. the chain-read benchmark's) as it was."""
+    old = path.read_text() if path.exists() else ""
+    order = ["numpy", "cupy", "chains"]
+    for name in re.findall(r"<!-- (\w+):start -->", old):
+        if name not in order:
+            order.append(name)
+    kept = {n: sections.get(n) or _existing(old, n) for n in order}
+    path.write_text(method + "".join("\n" + t for t in kept.values() if t))
