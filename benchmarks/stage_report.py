@@ -10,10 +10,10 @@ STAGE_NOTES = {
     "expm1": "`expm1(drift + scale * x)`",
     "loss_product": "`(-E^T) @ R^T` per account block",
     "threshold_count": "count losses above the running k-th largest",
-    "partition": "`np.partition` of the chunk's losses (it copies them first)",
+    "partition": "`partition` of the chunk's losses, in place",
     "batch_stats": "the chunk's own VaR/ES (partition, sort, min, mean)",
     "merge": "concatenate held candidates, partition back to k",
-    "tail_indicators": "`losses > VaR`, `== VaR`, their counts, `|`",
+    "tail_indicators": "`losses >= VaR` and its count",
     "tail_sum_product": "bool -> float, `W @ R`",
     "tree_fold": "concatenate blocks, to float64, fold",
 }

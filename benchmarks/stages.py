@@ -119,7 +119,7 @@ class _Tracker:
         w = min(k, m)
         if self.threshold is not None:
             w = clock("threshold_count", _width, losses, self.threshold, k_c)
-        chunk_top = clock("partition", top_k, losses, w)
+        chunk_top = clock("partition", top_k, losses, w, True)  # in place, as the engine
         clock("batch_stats", _batch_stats, chunk_top, k_c)
         self.held.append(chunk_top)
         self.held_n += w
@@ -146,10 +146,8 @@ def replay_tail_pass(problem: RiskProblem, first: int, last: int) -> dict[str, f
 
 
 def _indicators(losses: np.ndarray, var: np.ndarray) -> np.ndarray:
-    gt, eq = losses > var, losses == var
-    gt.sum(axis=1)
-    eq.sum(axis=1)
-    out: np.ndarray = gt | eq
+    out: np.ndarray = losses >= var  # one comparison, as the engine's pass 2
+    out.sum(axis=1)
     return out
 
 
