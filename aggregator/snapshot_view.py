@@ -77,6 +77,17 @@ def chain_json(s: ChainSnapshot) -> dict[str, Any]:
             }
             for p in s.prices
         ],
+        "positions": [
+            {
+                "account": p.account,
+                "market": p.market,
+                "market_id": p.market_id,
+                "size": str(p.size),
+                "entry_price": str(p.entry_price),
+                "price_decimals": p.price_decimals,
+            }
+            for p in s.positions
+        ],
         "sequencer": None
         if s.sequencer is None
         else {"up": s.sequencer.up, "since": s.sequencer.since, "status": s.sequencer.status.value},

@@ -82,6 +82,8 @@ class ChainConfig(_Strict):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_s: Annotated[float, Field(ge=0, le=10)] = 0.2
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500  # calls per aggregate3
+    margin_gate: AddressField | None = None  # MarginGate verifying attestations for this chain
+    perp_market: AddressField | None = None  # PerpMarket whose positions snapshots read
 
     @model_validator(mode="after")
     def _l2_has_sequencer(self) -> ChainConfig:
@@ -99,7 +101,15 @@ class TokenConfig(_Strict):
     decimals: Annotated[int, Field(ge=0, le=36)]
     asset: Symbol
     kind: Literal["native", "canonical_bridge", "third_party_bridge"] = "native"
-    bridge: str | None = None
+    bridge: Symbol | None = None  # a [[bridges]] name; required unless kind is native
+
+    @model_validator(mode="after")
+    def _bridged_names_bridge(self) -> TokenConfig:
+        if self.kind != "native" and self.bridge is None:
+            raise ValueError(f"a {self.kind} token needs bridge")
+        if self.kind == "native" and self.bridge is not None:
+            raise ValueError(f"a native token names no bridge (got {self.bridge!r})")
+        return self
 
 
 class FeedConfig(_Strict):
@@ -141,6 +151,77 @@ class SourceConfig(_Strict):
         return self
 
 
+class SignerConfig(_Strict):
+    """Where the attestation signer's private key is: a file (mode 0600) or an environment
+    variable; exactly one. The key itself is never in the config."""
+
+    key_file: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SignerConfig:
+        if (self.key_file is None) == (self.key_env is None):
+            raise ValueError("give exactly one of key_file and key_env")
+        return self
+
+
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class BridgeConfig(_Strict):
+    """A bridge and its risk: it fails within the risk horizon with ``failure_probability``, and
+    then every representation bridged through it (and every transfer in flight over it) loses
+    ``loss_given_failure`` of its value (bridge_adapters/risk.py).
+
+    For ``kind = "cctp"`` (Circle CCTP v1, or the devnet's CCTPBridge), ``contracts`` is the
+    TokenMessenger per chain (whose ``DepositForBurn`` logs are read), ``transmitters`` the
+    MessageTransmitter per chain (``usedNonces``; default: the same address, as on the devnet),
+    ``domains`` CCTP's domain per chain; logs are read over the last ``lookback_blocks`` before
+    each pinned block, ``log_chunk_blocks`` per ``eth_getLogs``; a transfer still in flight
+    ``timeout_s`` after its burn is flagged expired (chains/inflight.py).
+    """
+
+    name: Symbol
+    kind: Literal["cctp", "canonical", "third_party"]
+    failure_probability: Probability
+    loss_given_failure: Probability
+    contracts: dict[int, AddressField] = Field(default_factory=dict)
+    transmitters: dict[int, AddressField] = Field(default_factory=dict)
+    domains: dict[int, Annotated[int, Field(ge=0, lt=2**32)]] = Field(default_factory=dict)
+    lookback_blocks: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    log_chunk_blocks: Annotated[int, Field(ge=1, le=1_000_000)] = 2_000
+    timeout_s: Annotated[int, Field(gt=0)] = 86_400
+
+    @model_validator(mode="after")
+    def _cctp_has_domains(self) -> BridgeConfig:
+        if self.kind != "cctp":
+            if self.contracts or self.transmitters or self.domains:
+                raise ValueError(f"a {self.kind} bridge takes no contracts/transmitters/domains")
+            return self
+        if set(self.contracts) != set(self.domains):
+            raise ValueError("contracts and domains must name the same chains")
+        if len(self.contracts) < 2:
+            raise ValueError("a cctp bridge needs contracts on at least two chains")
+        if not set(self.transmitters) <= set(self.contracts):
+            raise ValueError("transmitters names a chain that contracts does not")
+        if len(set(self.domains.values())) != len(self.domains):
+            raise ValueError(f"two chains share a domain in {self.domains}")
+        return self
+
+    def transmitter(self, chain_id: int) -> str:
+        """The MessageTransmitter (``usedNonces``) on ``chain_id``."""
+        return self.transmitters.get(chain_id) or self.contracts[chain_id]
+
+
+class DepegConfig(_Strict):
+    """A stablecoin depeg: with ``probability`` within the horizon, ``asset`` (every
+    representation of it, in flight too) loses ``loss`` of its value."""
+
+    asset: Symbol
+    probability: Probability
+    loss: Probability
+
+
 class OmnimarginConfig(_Strict):
     """The whole file."""
 
@@ -149,6 +230,9 @@ class OmnimarginConfig(_Strict):
     feeds: list[FeedConfig] = Field(default_factory=list)
     sources: list[SourceConfig] = Field(default_factory=list)
     accounts: list[AddressField] = Field(default_factory=list)
+    bridges: list[BridgeConfig] = Field(default_factory=list)
+    depegs: list[DepegConfig] = Field(default_factory=list)
+    signer: SignerConfig | None = None
     devnet: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -172,6 +256,13 @@ class OmnimarginConfig(_Strict):
 
     def sources_on(self, chain_id: int) -> list[SourceConfig]:
         return [s for s in self.sources if s.chain_id == chain_id]
+
+    def bridge(self, name: str) -> BridgeConfig:
+        for b in self.bridges:
+            if b.name == name:
+                return b
+        known = ", ".join(b.name for b in self.bridges) or "none"
+        raise KeyError(f"bridge {name!r} is not configured (known: {known})")
 
 
 def cross_reference_problems(cfg: OmnimarginConfig) -> list[str]:
@@ -197,6 +288,31 @@ def cross_reference_problems(cfg: OmnimarginConfig) -> list[str]:
                 problems.append(
                     f"sources[{i}].tokens[{j}]: {tok} is not a token of chain {s.chain_id}"
                 )
+    return problems + _bridge_problems(cfg, known)
+
+
+def _bridge_problems(cfg: OmnimarginConfig, chains: set[int]) -> list[str]:
+    """Bridges and depegs: unique names, known chains, tokens naming configured bridges."""
+    problems: list[str] = []
+    names = [b.name for b in cfg.bridges]
+    for i, b in enumerate(cfg.bridges):
+        if b.name in names[:i]:
+            problems.append(f"bridges[{i}].name: duplicate bridge {b.name!r}")
+        for cid in sorted(set(b.contracts) - chains):
+            problems.append(f"bridges[{i}].contracts: unknown chain {cid}")
+    # A config without [[bridges]] models no bridge risk (older files); one with a [[bridges]]
+    # section must name every token's bridge there.
+    if cfg.bridges:
+        for i, t in enumerate(cfg.tokens):
+            if t.bridge is not None and t.bridge not in names:
+                problems.append(f"tokens[{i}].bridge: unknown bridge {t.bridge!r}")
+    assets = {t.asset for t in cfg.tokens}
+    depegged = [d.asset for d in cfg.depegs]
+    for i, d in enumerate(cfg.depegs):
+        if d.asset in depegged[:i]:
+            problems.append(f"depegs[{i}].asset: duplicate depeg of {d.asset!r}")
+        if d.asset not in assets:
+            problems.append(f"depegs[{i}].asset: {d.asset!r} is no token's asset")
     return problems
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from chains.compile import load_artifact
 from chains.config import OmnimarginConfig
+from chains.devnet_bridge import deploy_bridges
 from chains.devnet_config import CONFIG_FILE, build_config, write_config
 from chains.devnet_control import (
     HISTORY_FILE,
@@ -192,6 +193,7 @@ async def _deploy_all(
     except ExceptionGroup as group:
         raise group.exceptions[0] from None
     deps: list[Deployment] = [t.result() for t in tasks]
+    deps = await deploy_bridges(deps, deployer, accounts)  # needs every chain's address
     demo = [accounts[i] for i in DEMO_ACCOUNTS]
     data = build_config(directory, anvil, deployer, demo, state["started_at"], deps)
     _, config = write_config(directory, data)

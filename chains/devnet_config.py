@@ -14,6 +14,7 @@ from typing import Any
 import tomli_w
 
 from chains.config import OmnimarginConfig, parse_config
+from chains.devnet_bridge import BRIDGE_CONTRACT, BRIDGE_NAME, cctp_domain
 from chains.devnet_deploy import (
     ERC4626_ASSET,
     ERC4626_NAME,
@@ -21,6 +22,7 @@ from chains.devnet_deploy import (
     Deployment,
     feed_name,
 )
+from chains.devnet_margin import MARGIN_GATE, PERP_MARKET, SIGNER_KEY_FILE, write_signer_key
 from chains.errors import ConfigError, DevnetError
 
 CONFIG_FILE = "config.toml"
@@ -52,6 +54,9 @@ def _chain(dep: Deployment) -> dict[str, Any]:
     if dep.node.l2:
         out["sequencer_feed"] = dep.contracts[SEQUENCER_NAME]
         out["sequencer_grace_s"] = SEQUENCER_GRACE_S
+    for key, name in (("margin_gate", MARGIN_GATE), ("perp_market", PERP_MARKET)):
+        if name in dep.contracts:
+            out[key] = dep.contracts[name]
     return out
 
 
@@ -98,6 +103,40 @@ def _sources(dep: Deployment) -> list[dict[str, Any]]:
     return out
 
 
+# Illustrative bridge and depeg parameters for the demo, not estimates of any real bridge's risk.
+CANONICAL_FAILURE = 0.0005  # per risk horizon
+CCTP_FAILURE = 0.0002
+BRIDGE_LOSS = 1.0
+USDC_DEPEG = {"asset": "USDC", "probability": 0.001, "loss": 0.1}
+
+
+def _bridges(deps: list[Deployment]) -> list[dict[str, Any]]:
+    """The CCTP bridge (when every chain has one) and the canonical bridges the tokens name."""
+    out: list[dict[str, Any]] = []
+    if len(deps) > 1 and all(BRIDGE_CONTRACT in d.contracts for d in deps):
+        out.append(
+            {
+                "name": BRIDGE_NAME,
+                "kind": "cctp",
+                "failure_probability": CCTP_FAILURE,
+                "loss_given_failure": BRIDGE_LOSS,
+                "contracts": {str(d.node.chain_id): d.contracts[BRIDGE_CONTRACT] for d in deps},
+                "domains": {str(d.node.chain_id): cctp_domain(d.index) for d in deps},
+            }
+        )
+    canonical = dict.fromkeys(d.bridge for d in deps if any(t.kind != "native" for t in d.tokens))
+    for name in canonical:
+        out.append(
+            {
+                "name": name,
+                "kind": "canonical",
+                "failure_probability": CANONICAL_FAILURE,
+                "loss_given_failure": BRIDGE_LOSS,
+            }
+        )
+    return out
+
+
 def _devnet_table(
     directory: Path, anvil: str, deployer: str, started_at: float, deps: list[Deployment]
 ) -> dict[str, Any]:
@@ -135,6 +174,9 @@ def build_config(
         "tokens": [row for d in deps for row in _tokens(d)],
         "feeds": [row for d in deps for row in _feeds(d)],
         "sources": [row for d in deps for row in _sources(d)],
+        "bridges": _bridges(deps),
+        "depegs": [USDC_DEPEG] if any(t.asset == "USDC" for d in deps for t in d.tokens) else [],
+        "signer": {"key_file": str(directory / SIGNER_KEY_FILE)},
         "devnet": _devnet_table(directory, anvil, deployer, started_at, deps),
     }
 
@@ -145,6 +187,7 @@ def write_config(directory: Path, data: dict[str, Any]) -> tuple[Path, Omnimargi
         config = parse_config(data)
     except ConfigError as exc:
         raise DevnetError(f"the devnet built an invalid config (a bug): {exc}") from exc
+    write_signer_key(directory)
     path = directory / CONFIG_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(

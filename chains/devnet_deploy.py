@@ -17,6 +17,7 @@ from web3 import AsyncWeb3
 from web3.types import RPCEndpoint
 
 from chains.compile import runtime_codehash
+from chains.devnet_margin import deploy_margin
 from chains.devnet_nodes import Node
 from chains.devnet_web3 import connect, contract_at, deploy, latest_timestamp, send, to_raw
 from chains.errors import DevnetError
@@ -197,6 +198,8 @@ async def _deploy_contracts(w3: AsyncWeb3[Any], index: int, deployer: str) -> di
         out[SEQUENCER_NAME] = await deploy(
             w3, "PriceFeed", deployer, 0, "L2 Sequencer Uptime Status Feed"
         )
+    feeds = {f.asset: out[feed_name(f.asset)] for f in feeds_for(index)}
+    out |= await deploy_margin(w3, deployer, out, feeds)
     return out
 
 

@@ -42,8 +42,10 @@ from chains.types import (
     ChainSnapshot,
     ChainStatus,
     FeedRound,
+    PerpPosition,
     SequencerState,
     SourceKind,
+    market_id,
 )
 
 ROUND = ["uint80", "int256", "uint256", "uint256", "uint80"]
@@ -51,6 +53,7 @@ DECIMALS = selector("decimals()")
 BALANCE_OF = selector("balanceOf(address)")
 COLLATERAL = selector("collateral(address,address)")
 LATEST_ROUND = selector("latestRoundData()")
+POSITION = selector("position(address,bytes32)")  # PerpMarket: (int256 size, uint256 entry)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class _Read:
     """One planned sub-call and what to do with its answer."""
 
     kind: str  # "balance" | "shares" | "decimals" | "feed" | "feed_decimals" | "sequencer"
+    #           | "position" (``feed`` then names the market's asset)
     call: Call
     account: str = ""
     token: TokenConfig | None = None
@@ -184,6 +188,7 @@ class ChainReader:
             snap[2],
             snap[3],
             requests=self.client.requests - before,
+            positions=snap[4],
             read_s=time.perf_counter() - started,
         )
 
@@ -215,11 +220,24 @@ class ChainReader:
             reads.append(_Read("feed_decimals", Call(feed.address, DECIMALS), feed=feed))
         if self.chain.sequencer_feed is not None:
             reads.append(_Read("sequencer", Call(self.chain.sequencer_feed, LATEST_ROUND)))
+        if self.chain.perp_market is not None:
+            markets = {f.asset: f for f in self.config.feeds_on(cid)}  # one market per asset
+            for feed in markets.values():
+                for account in accounts:
+                    data = POSITION + words[account] + market_id(feed.asset)
+                    call = Call(self.chain.perp_market, data)
+                    reads.append(_Read("position", call, account, feed=feed))
         return reads
 
     async def _read(
         self, pinned: PinnedBlock, accounts: list[str]
-    ) -> tuple[tuple[Balance, ...], tuple[FeedRound, ...], SequencerState | None, tuple[str, ...]]:
+    ) -> tuple[
+        tuple[Balance, ...],
+        tuple[FeedRound, ...],
+        SequencerState | None,
+        tuple[str, ...],
+        tuple[PerpPosition, ...],
+    ]:
         reads = self._plan(accounts)
         results = await self._run([r.call for r in reads], pinned)
         errors: list[str] = []
@@ -228,7 +246,8 @@ class ChainReader:
         balances += await self._erc4626_assets(pending, pinned, errors)
         sequencer = self._sequencer(reads, results, pinned)
         prices = self._feeds(reads, results, pinned, sequencer, errors)
-        return tuple(balances), tuple(prices), sequencer, tuple(errors)
+        positions = self._positions(reads, results, errors)
+        return tuple(balances), tuple(prices), sequencer, tuple(errors), positions
 
     async def _run(self, calls: list[Call], pinned: PinnedBlock) -> list[Result]:
         return await aggregate3(
@@ -316,6 +335,24 @@ class ChainReader:
                     f"erc4626 {r.source.address if r.source else '?'}: convertToAssets failed"
                 )
         return out
+
+    def _positions(
+        self, reads: list[_Read], results: list[Result], errors: list[str]
+    ) -> tuple[PerpPosition, ...]:
+        """Non-zero PerpMarket positions (two words: int256 size, uint256 entry price)."""
+        out, failed, cid = [], 0, ChainId(self.chain.chain_id)
+        for r, res in zip(reads, results, strict=True):
+            if r.kind != "position" or r.feed is None:
+                continue
+            if not res.ok or len(res.data) < 64:
+                failed += 1
+            elif size := int.from_bytes(res.data[:32], "big", signed=True):
+                mid, entry = "0x" + market_id(r.feed.asset).hex(), _uint(res.data[32:64])
+                pos = PerpPosition(Address(r.account), r.feed.asset, mid, size, entry, chain_id=cid)
+                out.append(pos)
+        if failed:
+            errors.append(f"{failed} position reads from {self.chain.perp_market} failed")
+        return tuple(out)
 
     def _sequencer(
         self, reads: list[_Read], results: list[Result], pinned: PinnedBlock

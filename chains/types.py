@@ -5,9 +5,11 @@ Amounts are raw integers with their decimals; nothing here is a float.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NewType
+
+from eth_utils.crypto import keccak
 
 ChainId = NewType("ChainId", int)
 BlockNumber = NewType("BlockNumber", int)
@@ -81,6 +83,30 @@ class SequencerState:
     reason: str = ""
 
 
+def market_id(asset: str) -> bytes:
+    """A perp market's id: keccak256 of the canonical asset name in UTF-8 (``keccak("ETH")``),
+    as PerpMarket keys its markets and attestations name them."""
+    return bytes(keccak(text=asset))
+
+
+@dataclass(frozen=True)
+class PerpPosition:
+    """An account's perp position on one chain's PerpMarket at the pinned block.
+
+    ``size`` has 18 decimals of the asset (negative = short); ``entry_price`` is in USD with
+    ``price_decimals`` decimals (the market's feed); ``market_id`` is ``0x`` hex of
+    :func:`market_id` of ``market``.
+    """
+
+    account: Address
+    market: str
+    market_id: str
+    size: int
+    entry_price: int
+    price_decimals: int = 8
+    chain_id: ChainId = field(kw_only=True)
+
+
 @dataclass(frozen=True)
 class ChainSnapshot:
     """Everything read from one chain at one pinned block.
@@ -101,6 +127,7 @@ class ChainSnapshot:
     errors: tuple[str, ...] = ()
     requests: int = 0
     read_s: float = 0.0
+    positions: tuple[PerpPosition, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,196 @@
+"""Margin attestations: EIP-712 typed data the aggregator signs and MarginGate verifies.
+
+DESIGN.md, "Attestations". The domain is {name "omnimargin", version "1", chainId = the target
+chain, verifyingContract = its MarginGate}; the primary type is ``MarginAttestation`` below,
+the same struct, field for field, as ``chains/contracts/MarginGate.vy``. USD amounts are 1e18
+fixed point; ``market`` is keccak256 of the canonical asset name (:func:`market_id`).
+EIP-712: https://eips.ethereum.org/EIPS/eip-712.
+
+The signer's private key comes from a file only its owner can read, or from an environment
+variable; it never appears in a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import SignableMessage, encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils import is_address, to_checksum_address
+from eth_utils.crypto import keccak
+
+from aggregator.errors import InputError
+from chains.config import SignerConfig
+from chains.types import market_id
+
+__all__ = [
+    "MarginAttestation",
+    "digest",
+    "load_signer_key",
+    "market_id",
+    "recover",
+    "sign",
+    "typed_data",
+]
+
+DOMAIN_NAME = "omnimargin"
+DOMAIN_VERSION = "1"
+DOMAIN_TYPE = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+#: (EIP-712 name, Solidity type, dataclass field), in the struct's order
+FIELDS = (
+    ("account", "address", "account"),
+    ("market", "bytes32", "market"),
+    ("sizeDelta", "int256", "size_delta"),
+    ("equity", "uint256", "equity"),
+    ("initialMargin", "uint256", "initial_margin"),
+    ("snapshotHash", "bytes32", "snapshot_hash"),
+    ("riskModelHash", "bytes32", "risk_model_hash"),
+    ("issuedAt", "uint64", "issued_at"),
+    ("validUntil", "uint64", "valid_until"),
+    ("nonce", "uint256", "nonce"),
+)
+_RANGES = {
+    "int256": (-(2**255), 2**255 - 1),
+    "uint256": (0, 2**256 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+
+@dataclass(frozen=True)
+class MarginAttestation:
+    """One authorisation: ``account`` may change its ``market`` position by ``size_delta``
+    (18 decimals of the asset), given ``equity`` and ``initial_margin`` (USD, 1e18 fixed point)
+    computed from the chain reads ``snapshot_hash`` with the model ``risk_model_hash``; valid
+    from ``issued_at`` to ``valid_until`` (unix seconds) and once per (account, nonce)."""
+
+    account: str
+    market: bytes
+    size_delta: int
+    equity: int
+    initial_margin: int
+    snapshot_hash: bytes
+    risk_model_hash: bytes
+    issued_at: int
+    valid_until: int
+    nonce: int
+
+    def __post_init__(self) -> None:
+        if not is_address(self.account):
+            raise InputError("account", f"not an address: {self.account!r}")
+        object.__setattr__(self, "account", str(to_checksum_address(self.account)))
+        for _, kind, name in FIELDS:
+            value = getattr(self, name)
+            if kind == "bytes32" and not (isinstance(value, bytes) and len(value) == 32):
+                raise InputError(name, f"must be 32 bytes, got {value!r}")
+            if kind in _RANGES:
+                low, high = _RANGES[kind]
+                if not (isinstance(value, int) and low <= value <= high):
+                    raise InputError(name, f"must be an integer in {kind} range, got {value!r}")
+        if self.valid_until < self.issued_at:
+            raise InputError("valid_until", f"{self.valid_until} is before {self.issued_at}")
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The struct as an ABI tuple (what a contract call with ``MarginAttestation`` takes)."""
+        return astuple(self)
+
+
+def typed_data(att: MarginAttestation, chain_id: int, gate: str) -> dict[str, Any]:
+    """The EIP-712 JSON (``types``, ``domain``, ``primaryType``, ``message``) for the gate
+    ``gate`` on chain ``chain_id``: integers as integers, bytes32 as ``0x`` hex."""
+    message: dict[str, Any] = {}
+    for key, kind, name in FIELDS:
+        value = getattr(att, name)
+        message[key] = "0x" + value.hex() if kind == "bytes32" else value
+    return {
+        "types": {
+            "EIP712Domain": DOMAIN_TYPE,
+            "MarginAttestation": [{"name": k, "type": t} for k, t, _ in FIELDS],
+        },
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": str(to_checksum_address(gate)),
+        },
+        "primaryType": "MarginAttestation",
+        "message": message,
+    }
+
+
+def _signable(att: MarginAttestation, chain_id: int, gate: str) -> SignableMessage:
+    return encode_typed_data(full_message=typed_data(att, chain_id, gate))
+
+
+def digest(att: MarginAttestation, chain_id: int, gate: str) -> bytes:
+    """keccak256(0x19 0x01 ‖ domainSeparator ‖ hashStruct(att)): what is signed."""
+    m = _signable(att, chain_id, gate)
+    return bytes(keccak(b"\x19" + m.version + m.header + m.body))
+
+
+def sign(att: MarginAttestation, chain_id: int, gate: str, key: LocalAccount | bytes | str) -> str:
+    """The 65-byte signature (r ‖ s ‖ v, v in {27, 28}, low s) as ``0x`` hex."""
+    account = key if isinstance(key, LocalAccount) else Account.from_key(key)
+    signed = account.sign_message(_signable(att, chain_id, gate))
+    return "0x" + bytes(signed.signature).hex()
+
+
+def recover(att: MarginAttestation, chain_id: int, gate: str, signature: str | bytes) -> str:
+    """The checksummed address that signed ``att`` for that gate and chain."""
+    return str(Account.recover_message(_signable(att, chain_id, gate), signature=signature))
+
+
+def load_signer_key(config: SignerConfig | None) -> LocalAccount:
+    """The attestation signer from ``[signer]``: its ``key_file`` (which group and others must
+    not be able to read) or its ``key_env`` variable. Errors never contain the key."""
+    if config is None:
+        raise InputError("signer", "no [signer] in the config: set key_file or key_env")
+    if config.key_file is not None:
+        return _from_text(_read_key_file(Path(config.key_file).expanduser()), "signer.key_file")
+    assert config.key_env is not None  # SignerConfig requires exactly one
+    raw = os.environ.get(config.key_env)
+    if not raw:
+        raise InputError("signer.key_env", f"environment variable {config.key_env} is not set")
+    return _from_text(raw, f"signer.key_env ({config.key_env})")
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise InputError("signer.key_file", f"cannot read {path} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError("signer.key_file", f"{path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise InputError(
+            "signer.key_file",
+            f"{path} is open to group or others (mode {mode:04o}): run chmod 600 {path}",
+        )
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise InputError("signer.key_file", f"cannot read {path} ({reason})") from None
+
+
+def _from_text(text: str, where: str) -> LocalAccount:
+    """A key from ``0x``-prefixed or bare hex; the message says what is wrong, not the key."""
+    hexkey = text.strip().removeprefix("0x")
+    bad = InputError(where, "does not hold a private key (64 hex digits, 0x optional)")
+    if len(hexkey) != 64:
+        raise bad
+    try:
+        account: LocalAccount = Account.from_key(bytes.fromhex(hexkey))
+    except ValueError:
+        raise bad from None
+    return account

@@ -1,0 +1,188 @@
+#pragma version 0.4.3
+"""
+@title MarginGate: verifies the aggregator's signed margin attestations (EIP-712)
+@notice DESIGN.md, "Attestations". Domain {name "omnimargin", version "1", chainId = chain.id,
+        verifyingContract = this gate}. An attestation is accepted when its signature is a
+        canonical secp256k1 signature (65 bytes, v 27 or 28, s in the lower half order) by a
+        signer in the owner's signer set, it is within [issuedAt, validUntil], and its nonce is
+        unused for its account. Registered markets consume it: the nonce is then spent.
+"""
+
+struct MarginAttestation:
+    account: address
+    market: bytes32
+    sizeDelta: int256
+    equity: uint256
+    initialMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+
+event SignerAdded:
+    signer: indexed(address)
+
+event SignerRemoved:
+    signer: indexed(address)
+
+event MarketSet:
+    market: indexed(address)
+    allowed: bool
+
+event OwnershipTransferred:
+    previous_owner: indexed(address)
+    new_owner: indexed(address)
+
+event AttestationConsumed:
+    account: indexed(address)
+    market: indexed(bytes32)
+    nonce: uint256
+    signer: indexed(address)
+    sizeDelta: int256
+
+DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+ATTESTATION_TYPEHASH: constant(bytes32) = keccak256(
+    "MarginAttestation(address account,bytes32 market,int256 sizeDelta,uint256 equity,"
+    "uint256 initialMargin,bytes32 snapshotHash,bytes32 riskModelHash,uint64 issuedAt,"
+    "uint64 validUntil,uint256 nonce)"
+)
+NAME_HASH: constant(bytes32) = keccak256("omnimargin")
+VERSION_HASH: constant(bytes32) = keccak256("1")
+# secp256k1n / 2 = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0: a larger s
+# is the malleable twin of a valid signature (EIP-2)
+HALF_N: constant(uint256) = (
+    57896044618658097711785492504343953926418782139537452191302581570759080747168
+)
+
+owner: public(address)
+is_signer: public(HashMap[address, bool])
+is_market: public(HashMap[address, bool])
+# account -> nonce -> spent
+nonce_used: public(HashMap[address, HashMap[uint256, bool]])
+
+
+@deploy
+def __init__():
+    self.owner = msg.sender
+    log OwnershipTransferred(previous_owner=empty(address), new_owner=msg.sender)
+
+
+@internal
+@view
+def _only_owner():
+    assert msg.sender == self.owner, "gate: only owner"
+
+
+@external
+def transfer_ownership(_new_owner: address):
+    self._only_owner()
+    assert _new_owner != empty(address), "gate: zero owner"
+    log OwnershipTransferred(previous_owner=self.owner, new_owner=_new_owner)
+    self.owner = _new_owner
+
+
+@external
+def add_signer(_signer: address):
+    self._only_owner()
+    assert _signer != empty(address), "gate: zero signer"
+    self.is_signer[_signer] = True
+    log SignerAdded(signer=_signer)
+
+
+@external
+def remove_signer(_signer: address):
+    self._only_owner()
+    self.is_signer[_signer] = False
+    log SignerRemoved(signer=_signer)
+
+
+@external
+def set_market(_market: address, _allowed: bool):
+    """@notice Allow (or stop) `_market` to consume attestations."""
+    self._only_owner()
+    self.is_market[_market] = _allowed
+    log MarketSet(market=_market, allowed=_allowed)
+
+
+@internal
+@view
+def _domain_separator() -> bytes32:
+    return keccak256(abi_encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, chain.id, self))
+
+
+@external
+@view
+def domain_separator() -> bytes32:
+    return self._domain_separator()
+
+
+@internal
+@view
+def _digest(_att: MarginAttestation) -> bytes32:
+    struct_hash: bytes32 = keccak256(
+        abi_encode(
+            ATTESTATION_TYPEHASH,
+            _att.account,
+            _att.market,
+            _att.sizeDelta,
+            _att.equity,
+            _att.initialMargin,
+            _att.snapshotHash,
+            _att.riskModelHash,
+            _att.issuedAt,
+            _att.validUntil,
+            _att.nonce,
+        )
+    )
+    return keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
+
+
+@external
+@view
+def hash_attestation(_att: MarginAttestation) -> bytes32:
+    """@notice The EIP-712 digest the signer signs: keccak256(0x1901, domain, struct hash)."""
+    return self._digest(_att)
+
+
+@internal
+@view
+def _verify(_att: MarginAttestation, _signature: Bytes[65]) -> address:
+    assert len(_signature) == 65, "gate: bad signature"
+    r: uint256 = convert(extract32(_signature, 0), uint256)
+    s: uint256 = convert(extract32(_signature, 32), uint256)
+    v: uint256 = convert(slice(_signature, 64, 1), uint256)
+    assert v == 27 or v == 28, "gate: bad v"
+    assert s <= HALF_N, "gate: high s"
+    signer: address = ecrecover(self._digest(_att), v, r, s)
+    assert signer != empty(address), "gate: bad signature"
+    assert self.is_signer[signer], "gate: unknown signer"
+    assert block.timestamp <= convert(_att.validUntil, uint256), "gate: expired"
+    assert convert(_att.issuedAt, uint256) <= block.timestamp, "gate: not yet valid"
+    assert not self.nonce_used[_att.account][_att.nonce], "gate: nonce used"
+    return signer
+
+
+@external
+@view
+def verify(_att: MarginAttestation, _signature: Bytes[65]) -> address:
+    """@notice The signer of a valid, unexpired, unspent attestation; reverts otherwise."""
+    return self._verify(_att, _signature)
+
+
+@external
+def consume(_att: MarginAttestation, _signature: Bytes[65]) -> address:
+    """@notice Verify and spend the attestation's nonce; only registered markets may."""
+    assert self.is_market[msg.sender], "gate: only market"
+    signer: address = self._verify(_att, _signature)
+    self.nonce_used[_att.account][_att.nonce] = True
+    log AttestationConsumed(
+        account=_att.account,
+        market=_att.market,
+        nonce=_att.nonce,
+        signer=signer,
+        sizeDelta=_att.sizeDelta,
+    )
+    return signer

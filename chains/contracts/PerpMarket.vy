@@ -1,0 +1,132 @@
+#pragma version 0.4.3
+"""
+@title PerpMarket: the devnet's perpetual markets, opened only through the MarginGate
+@notice One per chain, many markets. A market id is keccak256 of the canonical asset name in
+        UTF-8 (keccak256("ETH"), keccak256("BTC"), ...), the same id the attestation's `market`
+        carries. Sizes are int256 with 18 decimals of the asset (negative = short); entry
+        prices are the market's AggregatorV3 feed answer (8 decimals), size-weighted when a
+        position grows, kept when it shrinks, reset when it flips or closes.
+"""
+
+struct MarginAttestation:
+    account: address
+    market: bytes32
+    sizeDelta: int256
+    equity: uint256
+    initialMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+
+struct Position:
+    size: int256
+    entry_price: uint256
+
+interface MarginGate:
+    def consume(_att: MarginAttestation, _signature: Bytes[65]) -> address: nonpayable
+
+interface AggregatorV3:
+    def latestRoundData() -> (uint80, int256, uint256, uint256, uint80): view
+
+event MarketAdded:
+    market_id: indexed(bytes32)
+    price_feed: address
+
+event PositionChanged:
+    account: indexed(address)
+    market: indexed(bytes32)
+    sizeDelta: int256
+    newSize: int256
+    price: uint256
+
+MAX_MARKETS: constant(uint256) = 64
+
+owner: public(address)
+gate: public(address)
+feed_of: public(HashMap[bytes32, address])
+market_ids: public(DynArray[bytes32, MAX_MARKETS])
+positions: HashMap[address, HashMap[bytes32, Position]]
+
+
+@deploy
+def __init__(_gate: address):
+    assert _gate != empty(address), "perp: zero gate"
+    self.owner = msg.sender
+    self.gate = _gate
+
+
+@external
+def add_market(_market_id: bytes32, _price_feed: address):
+    """@notice List `_market_id` (keccak256 of the asset name), priced by `_price_feed`."""
+    assert msg.sender == self.owner, "perp: only owner"
+    assert _price_feed != empty(address), "perp: zero feed"
+    assert self.feed_of[_market_id] == empty(address), "perp: market exists"
+    self.feed_of[_market_id] = _price_feed
+    self.market_ids.append(_market_id)
+    log MarketAdded(market_id=_market_id, price_feed=_price_feed)
+
+
+@view
+@external
+def markets_count() -> uint256:
+    return len(self.market_ids)
+
+
+@view
+@external
+def position(_account: address, _market_id: bytes32) -> (int256, uint256):
+    """@notice (size, entry_price) of `_account` in `_market_id`; zeros when none."""
+    p: Position = self.positions[_account][_market_id]
+    return (p.size, p.entry_price)
+
+
+@internal
+@view
+def _price(_feed: address) -> uint256:
+    answer: int256 = 0
+    updated_at: uint256 = 0
+    _: uint80 = 0
+    _s: uint256 = 0
+    _a: uint80 = 0
+    _, answer, _s, updated_at, _a = staticcall AggregatorV3(_feed).latestRoundData()
+    assert answer > 0 and updated_at != 0, "perp: bad price"
+    return convert(answer, uint256)
+
+
+@internal
+@pure
+def _entry(_old: Position, _delta: int256, _new_size: int256, _price: uint256) -> uint256:
+    if _new_size == 0:
+        return 0
+    if _old.size == 0 or (_old.size > 0) != (_new_size > 0):
+        return _price  # opened, or flipped through zero
+    if (_old.size > 0) != (_delta > 0):
+        return _old.entry_price  # reduced: the remaining part keeps its entry
+    grown: uint256 = convert(abs(_old.size), uint256) * _old.entry_price
+    grown += convert(abs(_delta), uint256) * _price
+    return grown // convert(abs(_new_size), uint256)
+
+
+@external
+def open(_att: MarginAttestation, _signature: Bytes[65]):
+    """@notice Change `_att.account`'s position by `_att.sizeDelta`, as the gate allows.
+    Anyone may submit (the account or a relayer): the signed attestation is the authority."""
+    feed: address = self.feed_of[_att.market]
+    assert feed != empty(address), "perp: unknown market"
+    assert _att.sizeDelta != 0, "perp: zero size"
+    extcall MarginGate(self.gate).consume(_att, _signature)
+    price: uint256 = self._price(feed)
+    old: Position = self.positions[_att.account][_att.market]
+    new_size: int256 = old.size + _att.sizeDelta
+    self.positions[_att.account][_att.market] = Position(
+        size=new_size, entry_price=self._entry(old, _att.sizeDelta, new_size, price)
+    )
+    log PositionChanged(
+        account=_att.account,
+        market=_att.market,
+        sizeDelta=_att.sizeDelta,
+        newSize=new_size,
+        price=price,
+    )
