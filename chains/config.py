@@ -84,6 +84,9 @@ class ChainConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=5000)] = 500  # calls per aggregate3
     margin_gate: AddressField | None = None  # MarginGate verifying attestations for this chain
     perp_market: AddressField | None = None  # PerpMarket whose positions snapshots read
+    perp_markets: list[Symbol] | None = (
+        None  # its markets (canonical assets); default: every fed asset
+    )
 
     @model_validator(mode="after")
     def _l2_has_sequencer(self) -> ChainConfig:

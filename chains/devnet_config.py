@@ -22,7 +22,13 @@ from chains.devnet_deploy import (
     Deployment,
     feed_name,
 )
-from chains.devnet_margin import MARGIN_GATE, PERP_MARKET, SIGNER_KEY_FILE, write_signer_key
+from chains.devnet_margin import (
+    MARGIN_GATE,
+    PERP_ASSETS,
+    PERP_MARKET,
+    SIGNER_KEY_FILE,
+    write_signer_key,
+)
 from chains.errors import ConfigError, DevnetError
 
 CONFIG_FILE = "config.toml"
@@ -57,6 +63,9 @@ def _chain(dep: Deployment) -> dict[str, Any]:
     for key, name in (("margin_gate", MARGIN_GATE), ("perp_market", PERP_MARKET)):
         if name in dep.contracts:
             out[key] = dep.contracts[name]
+    if PERP_MARKET in dep.contracts:
+        fed = {f.asset for f in dep.feeds}
+        out["perp_markets"] = [a for a in PERP_ASSETS if a in fed]
     return out
 
 

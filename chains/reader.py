@@ -222,7 +222,8 @@ class ChainReader:
             reads.append(_Read("sequencer", Call(self.chain.sequencer_feed, LATEST_ROUND)))
         if self.chain.perp_market is not None:
             markets = {f.asset: f for f in self.config.feeds_on(cid)}  # one market per asset
-            for feed in markets.values():
+            listed = self.chain.perp_markets
+            for feed in (f for a, f in markets.items() if listed is None or a in listed):
                 for account in accounts:
                     data = POSITION + words[account] + market_id(feed.asset)
                     call = Call(self.chain.perp_market, data)
