@@ -21,8 +21,12 @@ node_modules/.bin/anvil: package.json package-lock.json
 install: $(STAMP) node_modules/.bin/anvil
 
 demo: install
+	$(BIN)/omnimargin devnet down --dir .omnimargin >/dev/null 2>&1 || true
+	$(BIN)/omnimargin devnet up --dir .omnimargin
+	$(BIN)/omnimargin snapshot --config .omnimargin/config.toml
 	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99
 	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99 --model student_t --dof 4 --json
+	$(BIN)/omnimargin devnet down --dir .omnimargin
 
 lint: install
 	$(BIN)/ruff check .

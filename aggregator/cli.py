@@ -158,8 +158,9 @@ def risk(
 
 def print_risk(report: dict[str, Any]) -> None:
     head = Table(
-        title=f"Portfolio risk ({report['model']}, alpha {report['alpha']}, "
-        f"{report['scenarios']:,} scenarios, horizon {report['horizon_days']} d)"
+        title="Portfolio risk",
+        caption=f"{report['model']}, alpha {report['alpha']}, {report['scenarios']:,} scenarios, "
+        f"horizon {report['horizon_days']} d",
     )
     head.add_column("measure")
     head.add_column("USD", justify="right")
