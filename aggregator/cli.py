@@ -18,6 +18,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 from typer.exceptions import TyperException
 
+from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
 from aggregator.console import LazyProgress, err_console, out_console
 from aggregator.errors import AggregatorError
@@ -37,6 +38,7 @@ app = typer.Typer(
 EXIT_BAD_INPUT = 2
 
 app.add_typer(devnet_app, name="devnet")
+app.add_typer(bridge_app, name="bridge")
 
 
 class ModelChoice(StrEnum):

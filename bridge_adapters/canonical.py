@@ -51,11 +51,12 @@ class Representations:
 
     def lookup(self, chain_id: int, token: str) -> Representation:
         """The representation of ``token`` on ``chain_id``; :class:`UnmappedToken` if unlisted."""
+        address = str(to_checksum_address(token))
         try:
-            return self._table[(chain_id, str(to_checksum_address(token)))]
+            return self._table[(chain_id, address)]
         except KeyError:
             raise UnmappedToken(
-                f"token {token} on chain {chain_id} is not in [[tokens]]: "
+                f"token {address} on chain {chain_id} is not in [[tokens]]: "
                 "add it with its canonical asset"
             ) from None
 

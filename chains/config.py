@@ -1,7 +1,8 @@
 """The omnimargin configuration file (TOML), validated by pydantic.
 
-It lists chains, tokens, price feeds and collateral sources; the devnet writes one, and a real
-deployment is the same file with other RPC URLs and addresses (see ``examples/mainnet.toml``).
+It lists chains, tokens, price feeds, collateral sources, bridges and depegs; the devnet writes
+one, and a real deployment is the same file with other RPC URLs and addresses (see
+``examples/mainnet.toml``).
 Every problem is reported as ``key: reason`` with the key's path in the file, all at once.
 """
 
@@ -303,12 +304,12 @@ def _bridge_problems(cfg: OmnimarginConfig, chains: set[int]) -> list[str]:
             problems.append(f"bridges[{i}].name: duplicate bridge {b.name!r}")
         for cid in sorted(set(b.contracts) - chains):
             problems.append(f"bridges[{i}].contracts: unknown chain {cid}")
-    # A config without [[bridges]] models no bridge risk (older files); one with a [[bridges]]
-    # section must name every token's bridge there.
-    if cfg.bridges:
-        for i, t in enumerate(cfg.tokens):
-            if t.bridge is not None and t.bridge not in names:
-                problems.append(f"tokens[{i}].bridge: unknown bridge {t.bridge!r}")
+    # every bridge a token names must be configured, or its risk would silently be zero
+    for i, t in enumerate(cfg.tokens):
+        if t.bridge is not None and t.bridge not in names:
+            problems.append(
+                f"tokens[{i}].bridge: unknown bridge {t.bridge!r} (add it to [[bridges]])"
+            )
     assets = {t.asset for t in cfg.tokens}
     depegged = [d.asset for d in cfg.depegs]
     for i, d in enumerate(cfg.depegs):
