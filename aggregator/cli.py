@@ -20,6 +20,7 @@ from typer.exceptions import TyperException
 
 from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
+from aggregator.cli_margin import margin as margin_command
 from aggregator.console import LazyProgress, err_console, out_console
 from aggregator.errors import AggregatorError
 from aggregator.portfolio_file import load_portfolio
@@ -222,6 +223,9 @@ def snapshot(
         typer.echo(json.dumps(snapshot_json(snaps)))
     else:
         print_snapshot(snaps)
+
+
+app.command(name="margin", cls=OneLineErrors)(margin_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

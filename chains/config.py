@@ -237,6 +237,8 @@ class OmnimarginConfig(_Strict):
     bridges: list[BridgeConfig] = Field(default_factory=list)
     depegs: list[DepegConfig] = Field(default_factory=list)
     signer: SignerConfig | None = None
+    margin: dict[str, Any] | None = None  # the aggregator's margin policy (it validates it)
+    store_path: str | None = None  # SQLite file of reservations and used nonces
     devnet: dict[str, Any] | None = None
 
     @model_validator(mode="after")

@@ -1,0 +1,105 @@
+"""``omnimargin margin`` and ``omnimargin authorize``: unified margin from the chains."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from eth_utils import is_address, to_checksum_address
+from rich.table import Table
+
+from aggregator.console import out_console
+from aggregator.errors import AggregatorError, InputError
+
+
+def _fail(message: str) -> None:
+    from aggregator.cli import fail
+
+    fail(message)
+
+
+def checksum(account: str, field: str = "account") -> str:
+    if not is_address(account):
+        raise InputError(field, f"not an address: {account[:60]!r}")
+    return str(to_checksum_address(account))
+
+
+def compute_margin(config_file: Path | None, account: str, venues: Path | None) -> dict[str, Any]:
+    from aggregator.accounts import load_venues, margin_report, policy_of, scenario_set
+    from aggregator.world import read_world
+    from chains.config import config_path, load_config
+
+    cfg = load_config(config_path(config_file))
+    account = checksum(account)
+    policy, _ = policy_of(cfg)
+    venue_lines = load_venues(venues) if venues else None
+    world = asyncio.run(read_world(cfg, [account], tolerance=policy.price_tolerance))
+    reserved = 0.0
+    if cfg.store_path:
+        import time
+
+        from aggregator.store import Store
+
+        store = Store(Path(cfg.store_path))
+        try:
+            reserved = float(store.reserved(account, int(time.time())))
+        finally:
+            store.close()
+    report, _ = margin_report(
+        world, account, scenario_set(cfg, policy), policy, reserved, venue_lines
+    )
+    return report
+
+
+def margin(
+    account: Annotated[str, typer.Argument(help="Account address.")],
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
+    ] = None,
+    venues: Annotated[Path | None, typer.Option(help="Off-chain venue balances (JSON).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Unified margin of an account across every chain, bridge and venue."""
+    from chains.errors import ChainError
+    from montecarlo import MonteCarloError
+
+    try:
+        report = compute_margin(config, account, venues)
+    except (AggregatorError, ChainError, MonteCarloError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        print_margin(report)
+
+
+def print_margin(r: dict[str, Any]) -> None:
+    head = Table(title=f"Unified margin of {r['account']}", caption=f"status {r['status']}")
+    head.add_column("figure")
+    head.add_column("USD", justify="right")
+    for key in ("equity", "maintenance_margin", "initial_margin", "reserved", "free_margin"):
+        head.add_row(key.replace("_", " "), f"{r[key]:,.2f}")
+    head.add_row("health", "-" if r["health"] is None else f"{r['health']:.2f}")
+    head.add_row(f"VaR / ES {r['alpha']}", f"{r['var']:,.2f} / {r['es']:,.2f}")
+    out_console.print(head)
+    lines = Table(title="Holdings and positions")
+    for col in ("chain", "asset", "column", "quantity", "source"):
+        lines.add_column(col)
+    for p in r["positions"]:
+        src = p["source"] + (" (in flight)" if p["in_flight"] else "")
+        lines.add_row(str(p["chain_id"]), p["asset"], p["column"], p["quantity"], src)
+    out_console.print(lines)
+    parts = Table(title="ES contribution")
+    parts.add_column("by")
+    parts.add_column("USD", justify="right")
+    for k, v in sorted(r["by_chain"].items()):
+        parts.add_row(f"chain {k}", f"{v:,.2f}")
+    for k, v in sorted(r["by_asset"].items()):
+        parts.add_row(f"asset {k}", f"{v:,.2f}")
+    out_console.print(parts)
+    for reason in r["reasons"]:
+        out_console.print(f"[yellow]degraded:[/yellow] {reason}")
