@@ -1,11 +1,71 @@
-"""Shared fixtures: real services are started once per test run."""
+"""Shared fixtures: real services started once per test run (a Ray, a devnet of three anvil
+chains with the contracts deployed and accounts seeded).
+
+Tests that change oracle state, balances or time must use their own devnet
+(``devnet_factory``), so the shared one stays as ``devnet up`` leaves it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
+
+from aggregator.cli_devnet import replay_history
+from chains.config import OmnimarginConfig, load_config
+from chains.devnet import DevnetInfo, History, devnet_down, devnet_up
+from chains.devnet_nodes import anvil_binary, free_ports
+from chains.errors import DevnetError
+
+# the real daily closes shipped in aggregator/data/prices, last five days
+HISTORY: History = {a: days[-5:] for a, days in replay_history().items()}
+
+
+class Devnet(NamedTuple):
+    config: OmnimarginConfig
+    directory: Path
+
+
+DevnetFactory = Callable[..., DevnetInfo]
+
+
+def _require_anvil() -> None:
+    try:
+        anvil_binary()
+    except DevnetError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def devnet_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevnetFactory]:
+    """Start extra devnets on free ports in fresh directories; all are stopped at the end."""
+    _require_anvil()
+    started: list[Path] = []
+
+    def start(chains: int = 3, directory: Path | None = None, start_day: int = -1) -> DevnetInfo:
+        where = directory or tmp_path_factory.mktemp("devnet")
+        ports = free_ports(chains)
+        info = asyncio.run(
+            devnet_up(where, chains, history=HISTORY, ports=ports, start_day=start_day)
+        )
+        started.append(where)
+        return info
+
+    yield start
+    for where in started:
+        with contextlib.suppress(DevnetError):  # a test may have stopped it already
+            devnet_down(where)
+
+
+@pytest.fixture(scope="session")
+def devnet(devnet_factory: DevnetFactory) -> Devnet:
+    """The shared devnet: do not change its prices, oracles or clock."""
+    info = devnet_factory(3)
+    return Devnet(load_config(info.config_path), info.directory)
 
 
 @pytest.fixture(scope="session")
