@@ -20,6 +20,7 @@ from typer.exceptions import TyperException
 
 from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
+from aggregator.cli_margin import authorize_command
 from aggregator.cli_margin import margin as margin_command
 from aggregator.console import LazyProgress, err_console, out_console
 from aggregator.errors import AggregatorError
@@ -226,6 +227,7 @@ def snapshot(
 
 
 app.command(name="margin", cls=OneLineErrors)(margin_command)
+app.command(name="authorize", cls=OneLineErrors)(authorize_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

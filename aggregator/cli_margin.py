@@ -103,3 +103,53 @@ def print_margin(r: dict[str, Any]) -> None:
     out_console.print(parts)
     for reason in r["reasons"]:
         out_console.print(f"[yellow]degraded:[/yellow] {reason}")
+
+
+def authorize_command(
+    account: Annotated[str, typer.Option(help="Account address.")],
+    chain_id: Annotated[int, typer.Option(help="Chain on which the position opens.")],
+    market: Annotated[str, typer.Option(help="Market, named by its canonical asset (ETH).")],
+    size_delta: Annotated[str, typer.Option(help="Size change in units of the asset (-1.5).")],
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Authorise a position change: approve with a signed attestation, or refuse with a reason."""
+    from aggregator.attestation import load_signer_key
+    from aggregator.authorize import Request, authorize, parse_size
+    from aggregator.store import Store
+    from chains.config import config_path, load_config
+    from chains.errors import ChainError
+    from montecarlo import MonteCarloError
+
+    try:
+        path = config_path(config)
+        cfg = load_config(path)
+        req = Request(checksum(account), chain_id, market, parse_size(size_delta))
+        key = load_signer_key(cfg.signer)
+        store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
+        try:
+            decision = authorize(cfg, req, store, key)
+        finally:
+            store.close()
+    except (AggregatorError, ChainError, MonteCarloError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(decision))
+        return
+    verdict = "[green]approved[/green]" if decision["approved"] else "[red]refused[/red]"
+    out_console.print(f"{verdict} {market} {size_delta} on chain {chain_id} for {req.account}")
+    if decision["reason"]:
+        out_console.print(f"reason: {decision['reason']}")
+    for key_name in (
+        "equity",
+        "initial_margin_before",
+        "initial_margin_after",
+        "free_margin_after",
+    ):
+        if key_name in decision:
+            out_console.print(f"{key_name.replace('_', ' ')}: {decision[key_name]:,.2f} USD")
+    if decision["approved"]:
+        out_console.print(f"signature: {decision['attestation']['signature']}")

@@ -186,6 +186,9 @@ def build_config(
         "bridges": _bridges(deps),
         "depegs": [USDC_DEPEG] if any(t.asset == "USDC" for d in deps for t in d.tokens) else [],
         "signer": {"key_file": str(directory / SIGNER_KEY_FILE)},
+        "store_path": str(directory / "state.sqlite"),
+        # the margin policy; illustrative settings for the demo (see aggregator/accounts.py)
+        "margin": {"mm_alpha": 0.975, "im_alpha": 0.99, "horizon_days": 1.0, "scenarios": 100_000},
         "devnet": _devnet_table(directory, anvil, deployer, started_at, deps),
     }
 
