@@ -15,16 +15,21 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from eth_abi.exceptions import DecodingError
 from eth_account.signers.local import LocalAccount
+from web3.exceptions import Web3Exception
 
 from aggregator.accounts import margin_report, policy_of, portfolio_of, scenario_set
 from aggregator.attestation import MarginAttestation, market_id, sign, typed_data
 from aggregator.errors import InputError
 from aggregator.margin import im_with_position
-from aggregator.store import Store
+from aggregator.store import Reservation, Store
 from aggregator.valuation import value_portfolio
 from aggregator.world import World, read_world
 from chains.config import OmnimarginConfig
+from chains.errors import ChainError
+from chains.multicall import address_word, selector, word_uint
+from chains.rpc import ChainClient, as_bytes
 
 WAD = 10**18
 MAX_SIZE = Decimal(10) ** 12
@@ -152,11 +157,51 @@ def decide(
     }
 
 
+NONCE_USED = selector("nonce_used(address,uint256)")
+
+
+async def consumed_nonces(
+    cfg: OmnimarginConfig, account: str, pending: list[Reservation]
+) -> set[int]:
+    """Nonces of ``pending`` that their chain's MarginGate has consumed (the position is on
+    chain). A chain that cannot be asked keeps its reservations: they keep holding margin."""
+    used: set[int] = set()
+    by_chain: dict[int, list[Reservation]] = {}
+    for r in pending:
+        by_chain.setdefault(r.chain_id, []).append(r)
+    for chain_id, rows in by_chain.items():
+        chain = cfg.chain(chain_id)
+        if chain.margin_gate is None:
+            continue
+        client = ChainClient(chain)
+        try:
+            for r in rows:
+                data = NONCE_USED + address_word(account) + r.nonce.to_bytes(32, "big")
+                call = {"to": chain.margin_gate, "data": "0x" + data.hex()}
+                answer = as_bytes(await client.call("eth_call", [call, "latest"]))
+                if word_uint(answer) == 1:
+                    used.add(r.nonce)
+        except (ChainError, Web3Exception, DecodingError):
+            continue
+        finally:
+            await client.close()
+    return used
+
+
+def settle(cfg: OmnimarginConfig, store: Store, account: str) -> int:
+    """Release the reservations whose positions reached the chain; returns how many."""
+    pending = [r for r in store.reservations(account) if r.state == "active"]
+    if not pending:
+        return 0
+    return store.mark_filled(account, asyncio.run(consumed_nonces(cfg, account, pending)))
+
+
 def authorize(
     cfg: OmnimarginConfig, req: Request, store: Store, key: LocalAccount
 ) -> dict[str, Any]:
-    """Read every chain now, then decide."""
+    """Settle filled reservations, read every chain now, then decide."""
     check_request(cfg, req)
+    settle(cfg, store, req.account)
     policy, _ = policy_of(cfg)
     world = asyncio.run(read_world(cfg, [req.account], tolerance=policy.price_tolerance))
     return decide(cfg, world, req, store, key)

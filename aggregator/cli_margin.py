@@ -41,10 +41,12 @@ def compute_margin(config_file: Path | None, account: str, venues: Path | None) 
     if cfg.store_path:
         import time
 
+        from aggregator.authorize import settle
         from aggregator.store import Store
 
         store = Store(Path(cfg.store_path))
         try:
+            settle(cfg, store, account)
             reserved = float(store.reserved(account, int(time.time())))
         finally:
             store.close()

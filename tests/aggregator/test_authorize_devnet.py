@@ -16,7 +16,7 @@ from web3.exceptions import ContractLogicError
 
 from aggregator.accounts import margin_report, policy_of, scenario_set
 from aggregator.attestation import MarginAttestation, load_signer_key
-from aggregator.authorize import Request, decide
+from aggregator.authorize import Request, decide, settle
 from aggregator.store import Store
 from aggregator.world import read_world
 from chains.compile import load_artifact
@@ -125,6 +125,15 @@ def test_authorise_on_b_submit_and_see_it_in_the_next_snapshot(
     )
     with pytest.raises(ContractLogicError, match="unknown signer"):
         perp.functions.open(bigger.as_tuple(), sig).call({"from": relayer})
+    # the position is on chain: its reservation stops holding margin
+    store = Store(path)
+    try:
+        assert [r.state for r in store.reservations(ACCOUNT)] == ["active"]
+        assert settle(cfg, store, ACCOUNT) == 1
+        assert [r.state for r in store.reservations(ACCOUNT)] == ["filled"]
+        assert store.reserved(ACCOUNT, att.issued_at) == 0
+    finally:
+        store.close()
 
 
 def test_an_expired_attestation_is_refused(net: tuple[OmnimarginConfig, Path]) -> None:
