@@ -122,7 +122,8 @@ class Store:
         self.path = Path(path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.RLock()  # one writer per process at a time; files lock across
+        self._write_lock = threading.Lock()  # one writer per process; BEGIN IMMEDIATE across
+        self._registry_lock = threading.Lock()  # guards _connections
         self._pid = os.getpid()
         self._closed = False
         try:
@@ -257,7 +258,7 @@ class Store:
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
-        with self._lock:
+        with self._registry_lock:
             self._closed = True
             connections, self._connections = self._connections, []
         for connection in connections:
@@ -280,14 +281,14 @@ class Store:
                 connection.close()
                 raise
             self._local.connection = connection
-            with self._lock:
+            with self._registry_lock:
                 self._connections.append(connection)
         return connection
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error."""
-        with self._lock, self._errors():
+        with self._write_lock, self._errors():
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
