@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from decimal import Decimal
 from multiprocessing.queues import Queue
@@ -79,9 +80,13 @@ def test_twenty_threads_approve_exactly_what_fits(store: Store) -> None:
     barrier = threading.Barrier(20)
     results: list[Reservation | None] = []
 
+    def slow_fits(reserved: Decimal) -> bool:
+        time.sleep(0.005)  # let the other threads run while this one decides
+        return _fits(reserved)
+
     def attempt() -> None:
         barrier.wait()
-        results.append(_authorize(store))
+        results.append(store.authorize(ALICE, 1, "ETH-PERP", "1", AMOUNT, NOW, NOW + 60, slow_fits))
 
     threads = [threading.Thread(target=attempt) for _ in range(20)]
     for thread in threads:
