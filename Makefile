@@ -24,6 +24,8 @@ demo: install
 	$(BIN)/omnimargin devnet down --dir .omnimargin >/dev/null 2>&1 || true
 	$(BIN)/omnimargin devnet up --dir .omnimargin
 	$(BIN)/omnimargin snapshot --config .omnimargin/config.toml
+	$(BIN)/omnimargin margin 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --config .omnimargin/config.toml
+	$(BIN)/omnimargin authorize --account 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --chain-id 31337002 --market ETH --size-delta 3 --config .omnimargin/config.toml
 	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99
 	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99 --model student_t --dof 4 --json
 	$(BIN)/omnimargin devnet down --dir .omnimargin
