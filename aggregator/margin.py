@@ -27,10 +27,9 @@ from montecarlo import (
     calibrate,
     draw_scenarios,
     expected_shortfall,
-    tail_count,
     value_at_risk,
 )
-from montecarlo.measures import batch_stderr, top_k
+from montecarlo.measures import batch_stderr, component_es
 from montecarlo.models import ScenarioModel
 
 
@@ -105,12 +104,17 @@ class ScenarioSet:
     def column(self, name: str) -> int:
         return self.columns.index(name)
 
-    def pnl(self, exposures: dict[str, Fraction]) -> np.ndarray:
-        """Scenario P&L (M,) of USD exposures per column."""
+    def vector(self, exposures: dict[str, Fraction]) -> np.ndarray:
+        """USD exposures per column as a vector (n,) in the set's column order."""
         e = np.zeros(len(self.columns))
         for col, usd in exposures.items():
             e[self.column(col)] += float(usd)
-        return self.returns @ e
+        return e
+
+    def pnl(self, exposures: dict[str, Fraction]) -> np.ndarray:
+        """Scenario P&L (M,) of USD exposures per column."""
+        pnl: np.ndarray = self.returns @ self.vector(exposures)
+        return pnl
 
 
 @dataclass(frozen=True)
@@ -140,18 +144,11 @@ def tail_figures(pnl: np.ndarray, alpha: float, bounds: tuple[tuple[int, int], .
 
 
 def component_es_of(
-    pnl: np.ndarray, scen: ScenarioSet, exposures: dict[str, Fraction], alpha: float
+    scen: ScenarioSet, exposures: dict[str, Fraction], alpha: float
 ) -> dict[str, float]:
     """Euler ES contribution of each column (ties at VaR shared evenly); sums to ES."""
-    losses = -pnl
-    k = tail_count(alpha, losses.shape[0])
-    var = top_k(losses, k).min()
-    gt, eq = losses > var, losses == var
-    w = gt + eq * ((k - gt.sum()) / max(int(eq.sum()), 1))
-    tail_returns = w @ scen.returns / k
-    return {
-        col: float(-float(exposures[col]) * tail_returns[scen.column(col)]) for col in exposures
-    }
+    parts = component_es(scen.returns, scen.vector(exposures), alpha)
+    return {col: float(parts[scen.column(col)]) for col in exposures}
 
 
 @dataclass(frozen=True)
@@ -204,7 +201,7 @@ def margin_of(
     exposures = {c: e for c, e in val.exposures.items() if e != 0}
     pnl = scen.pnl(exposures)
     mm, im, im_value = initial_margin(pnl, scen, policy)
-    by_column = component_es_of(pnl, scen, exposures, policy.mm_alpha) if exposures else {}
+    by_column = component_es_of(scen, exposures, policy.mm_alpha) if exposures else {}
     by_chain: dict[str, float] = {}
     for line, load in zip(val.portfolio.lines, val.line_exposures, strict=True):
         total = exposures.get(line.column)
