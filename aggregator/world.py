@@ -39,7 +39,7 @@ class World:
         """Why new risk on ``chain_id`` must be refused (empty when it may be taken)."""
         snap = self.snapshot(chain_id)
         if not snap.ok:
-            return (f"chain {snap.name} ({chain_id}) unavailable: {'; '.join(snap.errors)}",)
+            return (unavailable_reason(snap),)
         if snap.sequencer is not None and snap.sequencer.status is not FeedStatus.OK:
             return (f"chain {snap.name} ({chain_id}): {snap.sequencer.reason}",)
         return ()
@@ -55,6 +55,10 @@ class World:
             if s.ok
         )
         return "0x" + bytes(keccak(packed)).hex()
+
+
+def unavailable_reason(snap: ChainSnapshot) -> str:
+    return f"chain {snap.name} ({snap.chain_id}) unavailable: {'; '.join(snap.errors)}"
 
 
 def _unavailable(reader: ChainReader, why: str) -> ChainSnapshot:
@@ -109,11 +113,7 @@ async def read_world(
     finally:
         await asyncio.gather(*(r.client.close() for r in readers.values()), return_exceptions=True)
     holdings = build_holdings(snaps, reads, config, accounts)
-    reasons = [
-        f"chain {s.name} ({s.chain_id}) unavailable: {'; '.join(s.errors)}"
-        for s in snaps
-        if not s.ok
-    ]
+    reasons = [unavailable_reason(s) for s in snaps if not s.ok]
     for read in reads:
         reasons.extend(read.reasons)
     return World(
