@@ -10,6 +10,9 @@ Counting rules (the point of this module):
   burnt on the source and not yet minted on the destination at the pinned blocks;
 * snapshots and in-flight reads must come from the same pinned blocks (checked): a transfer read
   at another block than the balances could be counted twice or not at all;
+* a transfer burnt after the source's pin and minted by the destination's (``minted_early``)
+  is in both balances: it counts once, with its recipient, and a negative amount
+  (``burnt_after_pin``) takes it out of the depositor's source balance;
 * an unavailable chain contributes nothing (missing data never adds collateral).
 
 Amounts stay raw integers with their decimals; quantities are exact Decimals.
@@ -30,6 +33,7 @@ from chains.inflight import InflightRead, InflightTransfer
 from chains.types import Address, Balance, BlockNumber, ChainId, ChainSnapshot
 
 IN_FLIGHT = "in_flight"  # Holding.source of a transfer in flight
+BURNT_AFTER_PIN = "burnt_after_pin"  # Holding.source taking a minted-early burn out of its source
 _EXACT_DIGITS = 200  # above any sum of uint256 amounts
 
 
@@ -177,6 +181,23 @@ def _transfer_holding(t: InflightTransfer, rep: Representation) -> Holding:
     )
 
 
+def _burnt_after_pin(t: InflightTransfer, snap: ChainSnapshot, rep: Representation) -> Holding:
+    assert snap.block_number is not None
+    return Holding(
+        t.depositor,
+        rep.asset,
+        rep.name,
+        -t.amount,
+        t.decimals,
+        t.source_chain,
+        t.burn_token,
+        rep.symbol,
+        BURNT_AFTER_PIN,
+        snap.block_number,
+        transfer=t,
+    )
+
+
 def build_holdings(
     snapshots: Iterable[ChainSnapshot],
     inflight: Iterable[InflightRead],
@@ -207,6 +228,11 @@ def build_holdings(
             found.setdefault(
                 flight_key, _transfer_holding(t, reps.lookup(t.dest_chain, t.dest_token))
             )
+        for t in read.minted_early:
+            source = snaps.get(t.source_chain)
+            if source is not None and source.ok:
+                rep = reps.lookup(t.source_chain, t.burn_token)
+                found.setdefault((BURNT_AFTER_PIN, *t.key), _burnt_after_pin(t, source, rep))
     wanted = None if accounts is None else [Address(to_checksum_address(a)) for a in accounts]
     per: dict[Address, list[Holding]] = {a: [] for a in wanted or []}
     for h in found.values():

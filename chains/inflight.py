@@ -22,9 +22,14 @@ Policies (each also a reason the aggregator reports as degraded):
 * a burnt token that is not in ``[[tokens]]``, or whose asset has no native token on the
   destination: an error naming it, never priced as something else.
 
-Known limit: a transfer burnt after the source's pin but already minted at the destination's pin
-is in both balances. Pin the source no older than the destination (same finality on both) to keep
-that window to the bridge's own attestation delay, which CCTP makes longer than finality.
+Burnt after the source's pin, minted by the destination's: the pins of two chains are never the
+same instant, so a transfer can be burnt after the source's pin (still in the depositor's source
+balance) and already minted at the destination's pin (in the recipient's destination balance). The
+reader also scans the source from its pin to its head for burns of watched depositors and checks
+their nonces at the destination's pin; those already used are returned as ``minted_early``, and
+the holdings take their amount out of the depositor's source balance, as if that burn had been
+seen. That never over-counts; if the depositor got the burnt tokens only after the pin, it counts
+them zero (missing data never adds margin).
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ class InflightTransfer:
 class InflightRead:
     """What one bridge has in flight at the pinned blocks.
 
+    ``minted_early``: transfers burnt after the source's pin and minted by the destination's,
+    whose amount both balances hold (the holdings take it out of the depositor's source).
     ``blocks`` are the pinned block numbers read (chain -> number); ``unreadable`` the chains
     that could not be read; ``errors`` every problem, each naming its chain or token.
     """
@@ -108,6 +115,8 @@ class InflightRead:
     blocks: Mapping[ChainId, BlockNumber]
     unreadable: tuple[ChainId, ...] = ()
     errors: tuple[str, ...] = ()
+    #: burnt after the source's pin, already minted at the destination's pin: in both balances
+    minted_early: tuple[InflightTransfer, ...] = ()
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -190,10 +199,19 @@ def _recipient(word: bytes) -> Address | None:
 
 
 async def _scan_source(
-    bridge: BridgeConfig, chain: ChainId, pinned: PinnedBlock, client: ChainClient
+    bridge: BridgeConfig,
+    chain: ChainId,
+    pinned: PinnedBlock,
+    client: ChainClient,
+    after_pin: bool = False,
 ) -> list[_Burn]:
-    """Every DepositForBurn of the bridge on ``chain`` in the look-back before the pin."""
-    start = max(0, pinned.number - bridge.lookback_blocks)
+    """Every DepositForBurn of the bridge on ``chain`` in the look-back before the pin, or with
+    ``after_pin`` from the block after the pin to the chain's head (at most the look-back)."""
+    if after_pin:
+        head = as_int(await client.call("eth_blockNumber", []))
+        start, end = pinned.number + 1, min(head, pinned.number + bridge.lookback_blocks)
+    else:
+        start, end = max(0, pinned.number - bridge.lookback_blocks), pinned.number
     gate = asyncio.Semaphore(MAX_IN_FLIGHT)
     address = bridge.contracts[chain]
 
@@ -207,7 +225,7 @@ async def _scan_source(
         async with gate:
             return list(await client.call("eth_getLogs", [query]))
 
-    ranges = log_ranges(start, pinned.number, bridge.log_chunk_blocks)
+    ranges = log_ranges(start, end, bridge.log_chunk_blocks)
     burns: list[_Burn] = []
     for logs in await asyncio.gather(*(one(lo, hi) for lo, hi in ranges)):
         for log in logs:
@@ -258,13 +276,16 @@ def _transfers(
     burns: list[_Burn],
     accounts: set[str] | None,
     errors: list[str],
+    by_depositor: bool = False,
 ) -> list[InflightTransfer]:
-    """Burns towards configured chains, for watched recipients, as transfers (not yet checked)."""
+    """Burns towards configured chains, for watched recipients (or with ``by_depositor``,
+    watched depositors), as transfers (not yet checked)."""
     chain_of = {domain: ChainId(cid) for cid, domain in bridge.domains.items()}
     out = []
     for b in burns:
         recipient, dest = _recipient(b.mint_recipient), chain_of.get(b.dest_domain)
-        if recipient is None or (accounts is not None and recipient not in accounts):
+        who = b.depositor if by_depositor else recipient
+        if recipient is None or (accounts is not None and who not in accounts):
             continue
         if dest is None:
             errors.append(
@@ -297,6 +318,24 @@ def _transfers(
     return out
 
 
+async def _nonces_used(
+    config: OmnimarginConfig,
+    bridge: BridgeConfig,
+    dest: ChainId,
+    transfers: list[InflightTransfer],
+    pinned: PinnedBlock,
+    client: ChainClient,
+) -> list[bool | None]:
+    """Per transfer, whether its nonce is used on ``dest`` at its pin (None: the call failed)."""
+    chain = config.chain(dest)
+    target = bridge.transmitter(dest)
+    calls = [
+        Call(target, USED_NONCES + used_nonce_key(t.source_domain, t.nonce)) for t in transfers
+    ]
+    results = await aggregate3(client, chain.multicall3, calls, pinned.selector, chain.batch_size)
+    return [word_uint(r.data) != 0 if r.ok else None for r in results]
+
+
 async def _unused(
     config: OmnimarginConfig,
     bridge: BridgeConfig,
@@ -306,19 +345,37 @@ async def _unused(
     client: ChainClient,
 ) -> list[InflightTransfer]:
     """The transfers whose nonce is not used on ``dest`` at its pin (a failed read: flagged)."""
-    chain = config.chain(dest)
-    target = bridge.transmitter(dest)
-    calls = [
-        Call(target, USED_NONCES + used_nonce_key(t.source_domain, t.nonce)) for t in transfers
+    used = await _nonces_used(config, bridge, dest, transfers, pinned, client)
+    return [
+        replace(t, dest_unreadable=True) if u is None else t
+        for t, u in zip(transfers, used, strict=True)
+        if not u
     ]
-    results = await aggregate3(client, chain.multicall3, calls, pinned.selector, chain.batch_size)
-    out = []
-    for t, res in zip(transfers, results, strict=True):
-        if not res.ok:
-            out.append(replace(t, dest_unreadable=True))
-        elif word_uint(res.data) == 0:
-            out.append(t)
-    return out
+
+
+async def _minted_early(
+    config: OmnimarginConfig,
+    bridge: BridgeConfig,
+    transfers: list[InflightTransfer],
+    pinned: Mapping[int, PinnedBlock],
+    clients: Mapping[int, ChainClient],
+    unreadable: set[ChainId],
+) -> list[InflightTransfer]:
+    """Of the burns after their source's pin, those already used at the destination's pin."""
+    by_dest: dict[ChainId, list[InflightTransfer]] = {}
+    for t in transfers:
+        if t.dest_chain not in unreadable:
+            by_dest.setdefault(t.dest_chain, []).append(t)
+    dests = list(by_dest)
+    answers = await asyncio.gather(
+        *(_nonces_used(config, bridge, d, by_dest[d], pinned[d], clients[d]) for d in dests)
+    )
+    return [
+        t
+        for d, used in zip(dests, answers, strict=True)
+        for t, u in zip(by_dest[d], used, strict=True)
+        if u
+    ]
 
 
 async def read_inflight(
@@ -361,6 +418,7 @@ async def read_inflight(
     errors += dup_errors
     transfers = _transfers(config, b, unique, watched, errors)
     checked = await _check_destinations(config, b, transfers, pinned, clients, unreadable, errors)
+    early = await _after_pins(config, b, pinned, clients, watched, unreadable, errors)
     blocks = {ChainId(c): BlockNumber(pinned[c].number) for c in readable if c not in unreadable}
     return InflightRead(
         b.name,
@@ -368,7 +426,48 @@ async def read_inflight(
         blocks,
         tuple(sorted(unreadable)),
         tuple(errors),
+        tuple(sorted(early, key=lambda t: (t.source_chain, t.nonce))),
     )
+
+
+async def _after_pins(
+    config: OmnimarginConfig,
+    bridge: BridgeConfig,
+    pinned: Mapping[int, PinnedBlock],
+    clients: Mapping[int, ChainClient],
+    watched: set[str] | None,
+    unreadable: set[ChainId],
+    errors: list[str],
+) -> list[InflightTransfer]:
+    """Burns of watched depositors after their source's pin and minted by the destination's pin
+    (see the module docstring). A failed read is an error: such a transfer could count twice."""
+    sources = [ChainId(c) for c in bridge.contracts if c in pinned and c not in unreadable]
+    scans = await asyncio.gather(
+        *(_scan_source(bridge, c, pinned[c], clients[c], after_pin=True) for c in sources),
+        return_exceptions=True,
+    )
+    burns: list[_Burn] = []
+    for c, scan in zip(sources, scans, strict=True):
+        if isinstance(scan, READ_ERRORS):
+            errors.append(
+                f"bridge {bridge.name}: chain {c}: burns after the pinned block unknown, a "
+                f"transfer minted early could count twice ({scan})"
+            )
+        elif isinstance(scan, BaseException):
+            raise scan
+        else:
+            burns += scan
+    unique, _ = dedupe(burns)
+    ignored: list[str] = []  # burns the in-flight scan will report once they are before a pin
+    later = _transfers(config, bridge, unique, watched, ignored, by_depositor=True)
+    try:
+        return await _minted_early(config, bridge, later, pinned, clients, unreadable)
+    except READ_ERRORS as exc:
+        errors.append(
+            f"bridge {bridge.name}: usedNonces of burns after the pins unknown, a transfer "
+            f"minted early could count twice ({exc})"
+        )
+        return []
 
 
 async def _check_destinations(

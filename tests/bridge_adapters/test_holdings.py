@@ -4,6 +4,7 @@ once each; relaying moves the transfer into the destination balance with the tot
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -15,14 +16,14 @@ from web3 import HTTPProvider, Web3
 
 from aggregator.cli_bridge import bridge_app
 from bridge_adapters.errors import InconsistentReads, UnmappedToken
-from bridge_adapters.holdings import Holdings, build_holdings, quantity
+from bridge_adapters.holdings import BURNT_AFTER_PIN, Holdings, build_holdings, quantity
 from bridge_adapters.risk import column_of, jumps_for, quantities_by_column
 from chains.compile import load_artifact
 from chains.config import OmnimarginConfig
-from chains.devnet_bridge import BRIDGE_CONTRACT
+from chains.devnet_bridge import BRIDGE_CONTRACT, recipient_word
 from chains.devnet_deploy import ERC4626_NAME
 from chains.inflight import InflightRead, read_inflight, used_nonce_key
-from chains.reader import ChainReader
+from chains.reader import ChainReader, PinnedBlock
 from chains.relayer import relay
 from chains.types import Address, Balance, BlockNumber, ChainId, ChainSnapshot, ChainStatus
 from chains.types import SourceKind as Src
@@ -208,3 +209,83 @@ def test_cli_lists_and_relays_pending_transfers(start_devnet) -> None:  # type: 
     assert json.loads(out.output)["transfers"] == []
     out = runner.invoke(bridge_app, ["relay", "--config", path, "--bridge", "nope"])
     assert out.exit_code == 2 and "bridge 'nope' is not configured" in out.output
+
+
+async def _pins(config: OmnimarginConfig) -> dict[int, PinnedBlock]:
+    readers = [ChainReader(config, c) for c in config.chains]
+    try:
+        return {r.chain.chain_id: await r.pin() for r in readers}
+    finally:
+        for r in readers:
+            await r.client.close()
+
+
+async def _read_at(
+    config: OmnimarginConfig, pins: dict[int, PinnedBlock]
+) -> tuple[list[ChainSnapshot], InflightRead]:
+    readers = {c.chain_id: ChainReader(config, c) for c in config.chains}
+    try:
+        snaps = [await r.snapshot(config.accounts, pins[cid]) for cid, r in readers.items()]
+        clients = {cid: r.client for cid, r in readers.items()}
+        return snaps, await read_inflight(config, "cctp", pins, clients)
+    finally:
+        for r in readers.values():
+            await r.client.close()
+
+
+def test_a_burn_after_the_source_pin_minted_before_the_destination_pin_counts_once(
+    net: OmnimarginConfig,
+) -> None:
+    """The pins of two chains are not one instant: burnt after devnet-eth's pin (still in the
+    source balance there) and minted by devnet-base's pin (in the destination balance too)."""
+    a1, amount = Address(net.accounts[0]), 123_456_789  # 123.456789 USDC
+    asyncio.run(relay(net, "cctp"))  # nothing else pending
+    eth = _w3(net, ETH)
+    usdc = _contract(eth, "ERC20", _token(net, ETH, "USDC"))
+    deployer = net.devnet["deployer"]  # type: ignore[index]
+    assert (
+        eth.eth.wait_for_transaction_receipt(
+            usdc.functions.mint(a1, amount).transact({"from": deployer})
+        )["status"]
+        == 1
+    )
+    pins = asyncio.run(_pins(net))
+    before = build_holdings(*_split(asyncio.run(_read_at(net, pins))), net)[a1]
+
+    bridge_address = net.bridge("cctp").contracts[ETH]
+    bridge = _contract(eth, BRIDGE_CONTRACT, bridge_address)
+    usdc.functions.approve(bridge_address, amount).transact({"from": a1})
+    burn = bridge.functions.depositForBurn(
+        amount, net.bridge("cctp").domains[BASE], recipient_word(a1), usdc.address
+    ).transact({"from": a1})
+    assert eth.eth.wait_for_transaction_receipt(burn)["status"] == 1
+    (done,) = asyncio.run(relay(net, "cctp"))
+    assert (done.amount, done.depositor, done.recipient) == (amount, a1, a1)
+
+    later = {**asyncio.run(_pins(net)), ETH: pins[ETH]}  # devnet-eth still at its old pin
+    assert later[BASE].number > pins[BASE].number
+    snaps, read = asyncio.run(_read_at(net, later))
+    assert read.transfers == () and read.errors == ()
+    (early,) = read.minted_early
+    assert (early.nonce, early.amount, early.source_chain) == (done.nonce, amount, ETH)
+    after = build_holdings(snaps, [read], net)[a1]
+    (minus,) = [h for h in after.holdings if h.source == BURNT_AFTER_PIN]
+    assert (minus.amount, minus.chain_id, column_of(minus)) == (-amount, ETH, "USDC")
+    assert after.total("USDC") == before.total("USDC")  # not + 123.456789
+    assert quantities_by_column(after) == quantities_by_column(before)
+    # without the correction the same reads would have counted it twice
+    plain = build_holdings(snaps, [dataclasses.replace(read, minted_early=())], net)[a1]
+    assert plain.total("USDC") == before.total("USDC") + quantity(amount, 6)
+
+    # the other depositors' accounts are not touched, and a pin past the burn sees no window
+    assert build_holdings(snaps, [read], net, net.accounts[1:2]) == build_holdings(
+        snaps, [dataclasses.replace(read, minted_early=())], net, net.accounts[1:2]
+    )
+    now = asyncio.run(_read_at(net, asyncio.run(_pins(net))))[1]
+    assert now.minted_early == () and now.transfers == ()
+
+
+def _split(
+    pair: tuple[list[ChainSnapshot], InflightRead],
+) -> tuple[list[ChainSnapshot], list[InflightRead]]:
+    return pair[0], [pair[1]]
