@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Debian's Chromium for the dashboard's browser test (Playwright drives it; nothing is downloaded)
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test lint bench clean
 
@@ -17,6 +20,10 @@ $(STAMP): pyproject.toml
 node_modules/.bin/anvil: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "make: the browser test needs Chromium at $(CHROMIUM) (Debian package chromium)"; exit 1; }
+	$(SUDO) apt-get install -y -q chromium || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 install: $(STAMP) node_modules/.bin/anvil
 
@@ -35,7 +42,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/pytest
 
 bench: install
