@@ -25,6 +25,7 @@ from aggregator.valuation import value_portfolio
 from aggregator.world import World
 from bridge_adapters.risk import column_of, jumps_for, parse_column, risk_column
 from chains.config import OmnimarginConfig
+from montecarlo.models import ScenarioModel
 
 
 class _PolicyModel(BaseModel):
@@ -71,16 +72,21 @@ def universe_columns(config: OmnimarginConfig) -> tuple[str, ...]:
     return tuple(sorted(cols))
 
 
+def scenario_model(
+    config: OmnimarginConfig, policy: MarginPolicy, history: Path | None = None
+) -> ScenarioModel:
+    """The model of the universe's risk columns, calibrated on the shipped (or given) closes."""
+    columns = universe_columns(config)
+    assets = tuple(sorted({parse_column(c)[0] for c in columns}))
+    hist = load_history(list(assets), history)
+    return column_model(columns, assets, hist.closes, policy, jumps_for(config, columns))
+
+
 def scenario_set(
     config: OmnimarginConfig, policy: MarginPolicy, history: Path | None = None
 ) -> ScenarioSet:
     """The scenario set of the universe, calibrated on the shipped (or given) real closes."""
-    columns = universe_columns(config)
-    assets = tuple(sorted({parse_column(c)[0] for c in columns}))
-    hist = load_history(list(assets), history)
-    return ScenarioSet.draw(
-        column_model(columns, assets, hist.closes, policy, jumps_for(config, columns)), policy
-    )
+    return ScenarioSet.draw(scenario_model(config, policy, history), policy)
 
 
 def risk_model_hash(scen: ScenarioSet, policy: MarginPolicy) -> str:
@@ -183,14 +189,31 @@ def margin_report(
 ) -> tuple[dict[str, Any], MarginFigures]:
     """The JSON of ``omnimargin margin`` and the figures behind it."""
     pf = portfolio_of(world, account, venues)
-    unknown = sorted({ln.column for ln in pf.lines} - set(scen.columns))
+    check_columns(pf, scen.columns)
+    figures = margin_of(
+        value_portfolio(pf, world.prices), scen, policy, reserved, account_reasons(world, account)
+    )
+    return report_json(world, pf, figures, policy, risk_model_hash(scen, policy)), figures
+
+
+def check_columns(pf: Portfolio, columns: tuple[str, ...]) -> None:
+    unknown = sorted({ln.column for ln in pf.lines} - set(columns))
     if unknown:
         raise InputError("venues", f"asset {parse_column(unknown[0])[0]!r} has no risk model")
+
+
+def account_reasons(world: World, account: str) -> tuple[str, ...]:
+    """Why data behind this account is degraded: the world's reasons and its transfers'."""
     holdings = world.holdings.get(account)
-    extra = (*world.reasons, *(holdings.reasons if holdings else ()))
-    figures = margin_of(value_portfolio(pf, world.prices), scen, policy, reserved, extra)
-    report = {
-        "account": account,
+    return (*world.reasons, *(holdings.reasons if holdings else ()))
+
+
+def report_json(
+    world: World, pf: Portfolio, figures: MarginFigures, policy: MarginPolicy, model_hash: str
+) -> dict[str, Any]:
+    """The margin JSON of one account (the CLI's and the service's)."""
+    return {
+        "account": pf.account,
         "equity": float(figures.equity),
         "maintenance_margin": figures.maintenance_margin,
         "initial_margin": figures.initial_margin,
@@ -219,9 +242,8 @@ def margin_report(
             for s in world.snapshots
         ],
         "snapshot_hash": world.snapshot_hash,
-        "risk_model_hash": risk_model_hash(scen, policy),
+        "risk_model_hash": model_hash,
     }
-    return report, figures
 
 
 def exact_decimal(q: Fraction) -> str:

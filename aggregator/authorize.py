@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import numpy as np
 from eth_abi.exceptions import DecodingError
 from eth_account.signers.local import LocalAccount
 from web3.exceptions import Web3Exception
@@ -22,7 +23,7 @@ from web3.exceptions import Web3Exception
 from aggregator.accounts import margin_report, policy_of, portfolio_of, scenario_set
 from aggregator.attestation import MarginAttestation, market_id, sign, typed_data
 from aggregator.errors import InputError
-from aggregator.margin import im_with_position
+from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, im_with_position
 from aggregator.store import Reservation, Store
 from aggregator.valuation import value_portfolio
 from aggregator.world import World, read_world
@@ -74,20 +75,52 @@ def refusal(reason: str, **figures: Any) -> dict[str, Any]:
     return {"approved": False, "reason": reason, **figures}
 
 
-def decide(
-    cfg: OmnimarginConfig, world: World, req: Request, store: Store, key: LocalAccount
-) -> dict[str, Any]:
-    """The decision on ``req`` given the chain reads ``world`` (pure but for the store)."""
+@dataclass(frozen=True)
+class AccountState:
+    """What a decision needs about one account: the reads, the scenarios and its margin.
+
+    ``exposures`` are its USD exposures per risk column, in ``scen.columns`` order (n,).
+    The CLI builds one from a fresh read (:func:`account_state`); the service from its epoch.
+    """
+
+    world: World
+    scen: ScenarioSet
+    policy: MarginPolicy
+    ttl: int
+    report: dict[str, Any]
+    figures: MarginFigures
+    exposures: np.ndarray
+
+
+def account_state(cfg: OmnimarginConfig, world: World, account: str) -> AccountState:
     policy, ttl = policy_of(cfg)
     scen = scenario_set(cfg, policy)
-    report, figures = margin_report(world, req.account, scen, policy)
+    report, figures = margin_report(world, account, scen, policy)
+    val = value_portfolio(portfolio_of(world, account), world.prices)
+    e = scen.vector({c: x for c, x in val.exposures.items() if x})
+    return AccountState(world, scen, policy, ttl, report, figures, e)
+
+
+def decide(
+    cfg: OmnimarginConfig,
+    state: AccountState,
+    req: Request,
+    store: Store,
+    key: LocalAccount,
+    extra_reasons: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The decision on ``req`` given the account's state (pure but for the store).
+
+    ``extra_reasons`` refuse it too (a stale epoch, say)."""
+    world, scen, policy, ttl = state.world, state.scen, state.policy, state.ttl
+    report, figures = state.report, state.figures
     base = {
         "equity": report["equity"],
         "initial_margin_before": report["initial_margin"],
         "snapshot_hash": report["snapshot_hash"],
         "risk_model_hash": report["risk_model_hash"],
     }
-    reasons = [*world.chain_reasons(req.chain_id), *figures.reasons]
+    reasons = [*extra_reasons, *world.chain_reasons(req.chain_id), *figures.reasons]
     price = world.prices.get(req.market)
     if price is None or not price.usable_for_new_risk or price.price is None:
         reasons.append(
@@ -96,8 +129,7 @@ def decide(
     if reasons:
         return refusal("; ".join(reasons), **base)
     assert price is not None and price.price is not None
-    val = value_portfolio(portfolio_of(world, req.account), world.prices)
-    pnl = scen.pnl({c: e for c, e in val.exposures.items() if e})
+    pnl = scen.returns @ state.exposures
     delta_usd = float(
         req.size_delta * Decimal(price.price.numerator) / Decimal(price.price.denominator)
     )
@@ -204,4 +236,4 @@ def authorize(
     settle(cfg, store, req.account)
     policy, _ = policy_of(cfg)
     world = asyncio.run(read_world(cfg, [req.account], tolerance=policy.price_tolerance))
-    return decide(cfg, world, req, store, key)
+    return decide(cfg, account_state(cfg, world, req.account), req, store, key)

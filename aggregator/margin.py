@@ -202,6 +202,21 @@ def margin_of(
     pnl = scen.pnl(exposures)
     mm, im, im_value = initial_margin(pnl, scen, policy)
     by_column = component_es_of(scen, exposures, policy.mm_alpha) if exposures else {}
+    return figures_of(val, mm, im, im_value, by_column, reserved, extra_reasons)
+
+
+def figures_of(
+    val: Valuation,
+    mm: TailFigures,
+    im: TailFigures,
+    im_value: float,
+    by_column: dict[str, float],
+    reserved: float = 0.0,
+    extra_reasons: tuple[str, ...] = (),
+) -> MarginFigures:
+    """Margin figures from the tail figures and the ES contribution of each risk column
+    (however they were computed: this process's scenario set or the engine on a cluster)."""
+    exposures = {c: e for c, e in val.exposures.items() if e != 0}
     by_chain: dict[str, float] = {}
     for line, load in zip(val.portfolio.lines, val.line_exposures, strict=True):
         total = exposures.get(line.column)

@@ -16,7 +16,7 @@ from web3.exceptions import ContractLogicError
 
 from aggregator.accounts import margin_report, policy_of, scenario_set
 from aggregator.attestation import MarginAttestation, load_signer_key
-from aggregator.authorize import Request, decide, settle
+from aggregator.authorize import Request, account_state, decide, settle
 from aggregator.store import Store
 from aggregator.world import read_world
 from chains.compile import load_artifact
@@ -59,7 +59,7 @@ def _decide(
     world = asyncio.run(read_world(cfg, [ACCOUNT]))
     return decide(
         cfg,
-        world,
+        account_state(cfg, world, ACCOUNT),
         Request(ACCOUNT, chain_id, market, Decimal(size)),
         store,
         load_signer_key(cfg.signer),
@@ -163,8 +163,9 @@ def test_reservations_cap_concurrent_approvals_and_survive_a_restart(
     free = report["free_margin"]
     # a long BTC size whose extra IM is about a fifth of the free margin (IM grows ~linearly)
     probe = Store(tmp_path / "probe.sqlite")
+    state = account_state(cfg, world, ACCOUNT)
     one = decide(
-        cfg, world, Request(ACCOUNT, B, "BTC", Decimal("1")), probe, load_signer_key(cfg.signer)
+        cfg, state, Request(ACCOUNT, B, "BTC", Decimal("1")), probe, load_signer_key(cfg.signer)
     )
     probe.close()
     step = one["initial_margin_after"] - one["initial_margin_before"]
@@ -173,7 +174,7 @@ def test_reservations_cap_concurrent_approvals_and_survive_a_restart(
     key = load_signer_key(cfg.signer)
 
     def attempt(_: int) -> dict[str, Any]:
-        return decide(cfg, world, Request(ACCOUNT, B, "BTC", size), store, key)
+        return decide(cfg, state, Request(ACCOUNT, B, "BTC", size), store, key)
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(attempt, range(20)))
