@@ -22,6 +22,8 @@ from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
 from aggregator.cli_margin import authorize_command
 from aggregator.cli_margin import margin as margin_command
+from aggregator.cli_serve import report as report_command
+from aggregator.cli_serve import serve as serve_command
 from aggregator.console import LazyProgress, err_console, out_console
 from aggregator.errors import AggregatorError
 from aggregator.portfolio_file import load_portfolio
@@ -228,6 +230,8 @@ def snapshot(
 
 app.command(name="margin", cls=OneLineErrors)(margin_command)
 app.command(name="authorize", cls=OneLineErrors)(authorize_command)
+app.command(name="serve", cls=OneLineErrors)(serve_command)
+app.command(name="report", cls=OneLineErrors)(report_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -239,6 +239,7 @@ class OmnimarginConfig(_Strict):
     signer: SignerConfig | None = None
     margin: dict[str, Any] | None = None  # the aggregator's margin policy (it validates it)
     store_path: str | None = None  # SQLite file of reservations and used nonces
+    service: dict[str, Any] | None = None  # `omnimargin serve` settings (the service validates)
     devnet: dict[str, Any] | None = None
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ written: a devnet that writes an invalid config is a bug and says so.
 from __future__ import annotations
 
 import os
+import secrets
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,12 @@ def build_config(
         "store_path": str(directory / "state.sqlite"),
         # the margin policy; illustrative settings for the demo (see aggregator/accounts.py)
         "margin": {"mm_alpha": 0.975, "im_alpha": 0.99, "horizon_days": 1.0, "scenarios": 100_000},
+        # `omnimargin serve`: a fresh API key per devnet (authorisations need it)
+        "service": {
+            "epoch_interval_s": 5.0,
+            "stale_after_s": 60.0,
+            "api_keys": [secrets.token_urlsafe(24)],
+        },
         "devnet": _devnet_table(directory, anvil, deployer, started_at, deps),
     }
 

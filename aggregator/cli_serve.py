@@ -1,0 +1,138 @@
+"""``omnimargin serve`` and ``omnimargin report``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aggregator.errors import AggregatorError, InputError
+
+
+def _fail(message: str) -> None:
+    from aggregator.cli import fail
+
+    fail(message)
+
+
+def build_service(config_file: Path | None, **flags: Any) -> Any:
+    """Everything ``serve`` runs, from the config and the flags (no server started)."""
+    from aggregator.attestation import load_signer_key
+    from aggregator.cli import ExecutorChoice, make_executor
+    from aggregator.service.app import Service
+    from aggregator.service.epochs import EpochRunner
+    from aggregator.service.metrics import Metrics
+    from aggregator.service.settings import load_settings
+    from aggregator.store import Store
+    from chains.config import config_path, load_config
+
+    path = config_path(config_file)
+    cfg = load_config(path)
+    settings = load_settings(cfg.service, **flags)
+    if not settings.api_key_bytes():
+        raise InputError(
+            "service.api_keys",
+            "no API key configured (authorisations need one): set api_keys "
+            "or api_keys_env in [service]",
+        )
+    signer = load_signer_key(cfg.signer)
+    store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
+    executor = make_executor(
+        ExecutorChoice(settings.executor), settings.ray_address, settings.workers, False
+    )
+    metrics = Metrics()
+    runner = EpochRunner(
+        cfg,
+        store,
+        executor,
+        interval_s=settings.epoch_interval_s,
+        stale_after_s=settings.stale_after_s,
+        read_timeout_s=settings.read_timeout_s,
+        accounts={str(a) for a in cfg.accounts},
+        on_epoch=metrics.on_epoch,
+    )
+    return Service(cfg, settings, runner, store, signer, executor, metrics)
+
+
+def serve(
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (8000).")] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="Where epochs run their Monte Carlo: local or ray.")
+    ] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    epoch_interval: Annotated[
+        float | None, typer.Option(help="Seconds between epochs (config: epoch_interval_s).")
+    ] = None,
+) -> None:
+    """Serve margin, authorisations and the dashboard over HTTP (FastAPI on uvicorn)."""
+    import uvicorn
+
+    from aggregator.service.app import create_app
+    from chains.errors import ChainError
+    from montecarlo import MonteCarloError
+
+    try:
+        svc = build_service(
+            config,
+            host=host,
+            port=port,
+            executor=executor,
+            ray_address=ray_address,
+            epoch_interval_s=epoch_interval,
+        )
+    except (AggregatorError, ChainError, MonteCarloError) as exc:
+        _fail(str(exc))
+        return
+    logging.getLogger("aggregator").setLevel(logging.INFO)
+    s = svc.settings
+    typer.echo(
+        f"omnimargin: serving on http://{s.host}:{s.port}/ ({len(svc.runner.accounts)} accounts, "
+        f"an epoch every {s.epoch_interval_s:g} s, {s.executor} executor)",
+        err=True,
+    )
+    try:
+        uvicorn.run(create_app(svc), host=s.host, port=s.port, log_level="warning")
+    finally:
+        svc.executor.close()
+        svc.store.close()
+
+
+def report(
+    account: Annotated[str, typer.Argument(help="Account address.")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report of an account's margin (tables and charts)."""
+    from aggregator.accounts import policy_of
+    from aggregator.authorize import account_state
+    from aggregator.cli_margin import checksum
+    from aggregator.report import render_report
+    from aggregator.world import read_world
+    from chains.config import config_path, load_config
+    from chains.errors import ChainError
+    from montecarlo import MonteCarloError
+
+    try:
+        cfg = load_config(config_path(config))
+        who = checksum(account)
+        policy, _ = policy_of(cfg)
+        world = asyncio.run(read_world(cfg, [who], tolerance=policy.price_tolerance))
+        state = account_state(cfg, world, who)
+        html = render_report(state)
+        try:
+            out.write_text(html)
+        except OSError as exc:
+            raise InputError("out", f"cannot write {out} ({exc.strerror})") from None
+    except (AggregatorError, ChainError, MonteCarloError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"wrote {out} ({len(html) // 1024} KiB): margin report of {who}", err=True)

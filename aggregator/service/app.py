@@ -1,0 +1,332 @@
+"""``omnimargin serve``: the FastAPI application. Thin routes over the latest epoch.
+
+Every route answers from :attr:`EpochRunner.current` (no chain I/O in a request); bad input is
+a 4xx whose body names the field; the only writes are authorisations, each one durable SQLite
+transaction before the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import is_address, to_checksum_address
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aggregator.errors import AggregatorError, InputError
+from aggregator.service import views
+from aggregator.service.epochs import Epoch, EpochRunner
+from aggregator.service.metrics import Metrics
+from aggregator.service.schemas import (
+    Accounts,
+    Authorization,
+    AuthorizationRequest,
+    ErrorBody,
+    Health,
+    Margin,
+    Portfolio,
+    Ready,
+    RiskReport,
+    Snapshot,
+)
+from aggregator.service.settings import ServiceSettings
+from aggregator.store import Store
+from chains.config import OmnimarginConfig
+from chains.errors import ChainError
+from montecarlo import MonteCarloError
+from montecarlo.engine import Executor
+
+
+class ApiError(Exception):
+    """A 4xx/5xx with a field and a reason."""
+
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.status, self.field, self.reason = status, field, reason
+
+
+@dataclass
+class Service:
+    """Everything the routes use, built once at the entry point."""
+
+    cfg: OmnimarginConfig
+    settings: ServiceSettings
+    runner: EpochRunner
+    store: Store
+    signer: LocalAccount
+    executor: Executor
+    metrics: Metrics
+
+
+def _error(status: int, field: str, reason: str) -> JSONResponse:
+    body = ErrorBody(error=f"{field}: {reason}", field=field, reason=reason)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 422, 503)
+}
+
+
+def service_of(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
+
+
+Svc = Annotated[Service, Depends(service_of)]
+
+
+def _key_ok(svc: Service, request: Request) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "authorization", "missing 'Authorization: Bearer <key>' header")
+    given = token.strip().encode()
+    match = False
+    for key in svc.settings.api_key_bytes():  # every key compared, in constant time
+        match |= hmac.compare_digest(given, key)
+    if not match:
+        raise ApiError(401, "authorization", "unknown API key")
+
+
+def require_key(svc: Svc, request: Request) -> None:
+    _key_ok(svc, request)
+
+
+def read_key(svc: Svc, request: Request) -> None:
+    if svc.settings.read_requires_key:
+        _key_ok(svc, request)
+
+
+def epoch_of(svc: Service) -> Epoch:
+    epoch = svc.runner.current
+    if epoch is None:
+        why = svc.runner.last_error or "the first epoch is still being taken"
+        raise ApiError(503, "epoch", f"not ready: {why}")
+    return epoch
+
+
+def account_of(svc: Service, epoch: Epoch, raw: str, field: str = "account") -> str:
+    if not is_address(raw):
+        raise ApiError(400, field, f"not an address: {raw[:60]!r}")
+    account = str(to_checksum_address(raw))
+    if account not in epoch.accounts:
+        runner = svc.runner
+        if svc.settings.watch_new_accounts and len(runner.accounts) < svc.settings.max_accounts:
+            runner.watch(account)
+            raise ApiError(404, field, f"{account} is not in this epoch yet; watched from now on")
+        raise ApiError(404, field, f"{account} is not watched by this service")
+    return account
+
+
+def create_app(svc: Service) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(svc.runner.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="omnimargin",
+        version="1",
+        summary="Unified cross-chain margin, authorisations with EIP-712 attestations.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    _handlers(app, svc)
+    _routes(app)
+    views.mount(app)
+    return app
+
+
+def _handlers(app: FastAPI, svc: Service) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.field, exc.reason)
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return _error(400, exc.field, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        return _error(422, _loc(tuple(err.get("loc", ()))), str(err.get("msg", "invalid")))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "path", str(exc.detail))
+
+    @app.middleware("http")
+    async def timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        svc.metrics.latency.labels(
+            path, request.method, f"{response.status_code // 100}xx"
+        ).observe(time.perf_counter() - start)
+        return response
+
+
+def _routes(app: FastAPI) -> None:
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
+    def readyz(svc: Svc) -> Any:
+        epoch = svc.runner.current
+        body = Ready(
+            ready=epoch is not None,
+            epoch=epoch.number if epoch else None,
+            last_error=svc.runner.last_error,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if epoch else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(svc: Svc) -> Response:
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/v1/snapshot",
+        response_model=Snapshot,
+        responses=ERRORS,
+        dependencies=[Depends(read_key)],
+        tags=["margin"],
+    )
+    def snapshot(svc: Svc) -> Snapshot:
+        epoch = epoch_of(svc)
+        return views.snapshot_body(epoch, _info(svc, epoch))
+
+    @app.get(
+        "/v1/accounts",
+        response_model=Accounts,
+        responses=ERRORS,
+        dependencies=[Depends(read_key)],
+        tags=["margin"],
+    )
+    def accounts(svc: Svc) -> Accounts:
+        epoch = epoch_of(svc)
+        return views.accounts_body(epoch, _info(svc, epoch), _reserved(svc, list(epoch.accounts)))
+
+    @app.get(
+        "/v1/accounts/{account}/margin",
+        response_model=Margin,
+        responses=ERRORS,
+        dependencies=[Depends(read_key)],
+        tags=["margin"],
+    )
+    def margin(svc: Svc, account: str) -> Margin:
+        epoch = epoch_of(svc)
+        a = account_of(svc, epoch, account)
+        return views.margin_body(epoch.accounts[a], _info(svc, epoch), _reserved(svc, [a])[a])
+
+    @app.get(
+        "/v1/accounts/{account}/portfolio",
+        response_model=Portfolio,
+        responses=ERRORS,
+        dependencies=[Depends(read_key)],
+        tags=["margin"],
+    )
+    def portfolio(svc: Svc, account: str) -> Portfolio:
+        epoch = epoch_of(svc)
+        a = account_of(svc, epoch, account)
+        return views.portfolio_body(epoch, a, _info(svc, epoch))
+
+    @app.post(
+        "/v1/authorizations",
+        response_model=Authorization,
+        responses=ERRORS,
+        dependencies=[Depends(require_key)],
+        tags=["margin"],
+    )
+    def authorizations(svc: Svc, body: AuthorizationRequest) -> Authorization:
+        return _authorize(svc, body)
+
+    @app.post(
+        "/v1/risk",
+        response_model=RiskReport,
+        responses=ERRORS,
+        dependencies=[Depends(read_key)],
+        tags=["risk"],
+        openapi_extra=views.RISK_BODY,
+    )
+    async def risk(
+        svc: Svc,
+        request: Request,
+        scenarios: Annotated[int, Query(ge=1000, le=10_000_000)] = 100_000,
+        alpha: Annotated[float, Query(gt=0.5, lt=1)] = 0.99,
+        horizon_days: Annotated[float, Query(gt=0, le=365)] = 1.0,
+        seed: Annotated[int, Query(ge=0, lt=2**63)] = 0,
+    ) -> RiskReport:
+        if scenarios > svc.settings.max_risk_scenarios:
+            raise ApiError(
+                422, "scenarios", f"at most {svc.settings.max_risk_scenarios} on this service"
+            )
+        text = (await request.body()).decode("utf-8", errors="replace")
+        report = await asyncio.to_thread(
+            views.run_risk_body, text, scenarios, alpha, horizon_days, seed, svc.executor
+        )
+        return RiskReport.model_validate(report)
+
+
+def _info(svc: Service, epoch: Epoch) -> dict[str, Any]:
+    return epoch.info(time.time(), svc.settings.stale_after_s)
+
+
+def _reserved(svc: Service, accounts: list[str]) -> dict[str, float]:
+    now = int(time.time())
+    return {a: float(svc.store.reserved(a, now)) for a in accounts}
+
+
+def _authorize(svc: Service, body: AuthorizationRequest) -> Authorization:
+    from aggregator.authorize import Request as AuthRequest
+    from aggregator.authorize import check_request, decide, parse_size
+
+    epoch = epoch_of(svc)
+    req = AuthRequest(
+        str(to_checksum_address(body.account)),
+        body.chain_id,
+        body.market,
+        parse_size(body.size_delta),
+    )
+    check_request(svc.cfg, req)
+    account = account_of(svc, epoch, req.account)
+    info = _info(svc, epoch)
+    stale = (
+        (
+            f"epoch {epoch.number} is stale ({info['age_s']:.0f} s old; the last epoch failed: "
+            f"{svc.runner.last_error or 'not yet retaken'})",
+        )
+        if info["stale"]
+        else ()
+    )
+    try:
+        decision = decide(svc.cfg, epoch.accounts[account], req, svc.store, svc.signer, stale)
+    except (AggregatorError, ChainError, MonteCarloError) as exc:
+        raise ApiError(400, "authorization", str(exc)) from None
+    svc.metrics.authorizations.labels("approved" if decision["approved"] else "refused").inc()
+    return Authorization.model_validate({**decision, "epoch": info})

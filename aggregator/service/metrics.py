@@ -1,0 +1,65 @@
+"""Prometheus metrics of the service (prometheus-client), in a registry of the app's own."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from aggregator.service.epochs import Epoch
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "omnimargin_request_seconds",
+            "Request latency by route and status class.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.authorizations = Counter(
+            "omnimargin_authorizations",
+            "Authorisation decisions.",
+            ["outcome"],
+            registry=r,
+        )
+        self.snapshot_age = Gauge(
+            "omnimargin_snapshot_age_seconds",
+            "Age of the latest epoch's pinned block, per chain (by the chain's own clock).",
+            ["chain_id"],
+            registry=r,
+        )
+        self.rpc_errors = Counter(
+            "omnimargin_rpc_errors",
+            "Chains that could not be read in an epoch.",
+            ["chain_id"],
+            registry=r,
+        )
+        self.epochs = Counter("omnimargin_epochs", "Epochs by outcome.", ["outcome"], registry=r)
+        self.epoch_seconds = Histogram(
+            "omnimargin_epoch_seconds",
+            "Epoch duration by stage.",
+            ["stage"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.epoch_number = Gauge("omnimargin_epoch", "The current epoch's number.", registry=r)
+        self.accounts = Gauge("omnimargin_accounts", "Accounts in the current epoch.", registry=r)
+
+    def on_epoch(self, epoch: Epoch) -> None:
+        self.epochs.labels("ok").inc()
+        self.epoch_seconds.labels("read").observe(epoch.read_s)
+        self.epoch_seconds.labels("compute").observe(epoch.compute_s)
+        self.epoch_number.set(epoch.number)
+        self.accounts.set(len(epoch.accounts))
+        now = time.time()
+        for s in epoch.world.snapshots:
+            if s.ok and s.timestamp is not None:
+                self.snapshot_age.labels(str(s.chain_id)).set(max(now - s.timestamp, 0.0))
+            else:
+                self.rpc_errors.labels(str(s.chain_id)).inc()

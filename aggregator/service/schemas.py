@@ -1,0 +1,213 @@
+"""Pydantic models of every request and response of the service (they make /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$", examples=["0x" + "70" * 20])]
+Hash = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Out):
+    """Every 4xx/5xx body: ``error`` is ``field: reason``."""
+
+    error: str
+    field: str
+    reason: str
+
+
+class EpochInfo(_Out):
+    """The epoch a response was served from."""
+
+    number: int
+    snapshot_hash: Hash
+    blocks: dict[str, int | None]
+    taken_at: float
+    age_s: float
+    stale: bool
+
+
+class ChainBlock(_Out):
+    chain_id: int
+    name: str
+    status: Literal["ok", "unavailable"]
+    block_number: int | None
+    block_hash: str | None
+
+
+class PositionLine(BaseModel):
+    """One amount of the portfolio with its provenance (chain, block, contract, token or
+    venue); the provenance keys present depend on the source."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["collateral", "debt", "perp"]
+    asset: str
+    column: str
+    quantity: str  # exact decimal
+    chain_id: int | None
+    source: str
+    in_flight: bool
+
+
+class Margin(_Out):
+    """The JSON of ``omnimargin margin``, and the epoch."""
+
+    account: Address
+    equity: float
+    maintenance_margin: float
+    initial_margin: float
+    reserved: float
+    free_margin: float
+    health: float | None
+    liquidatable: bool
+    var: float
+    es: float
+    var_stderr: float | None
+    es_stderr: float | None
+    alpha: float
+    by_chain: dict[str, float]
+    by_asset: dict[str, float]
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    positions: list[PositionLine]
+    snapshot: list[ChainBlock]
+    snapshot_hash: Hash
+    risk_model_hash: Hash
+    epoch: EpochInfo
+
+
+class Portfolio(_Out):
+    """An account's canonical quantities (exact decimals) and every line with provenance."""
+
+    account: Address
+    quantities: dict[str, str]
+    exposures_usd: dict[str, float]
+    positions: list[PositionLine]
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    snapshot_hash: Hash
+    epoch: EpochInfo
+
+
+class AuthorizationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account: Address
+    chain_id: Annotated[int, Field(ge=1, lt=2**63)]
+    market: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$")]
+    size_delta: Annotated[
+        str,
+        Field(
+            pattern=r"^-?[0-9]{1,13}(\.[0-9]{1,18})?$",
+            description="Size change in units of the asset, a decimal string ('-1.5').",
+            examples=["3"],
+        ),
+    ]
+
+
+class Attestation(_Out):
+    typed_data: dict[str, Any]
+    signature: Annotated[str, Field(pattern=r"^0x[0-9a-f]{130}$")]
+
+
+class Authorization(_Out):
+    """The JSON of ``omnimargin authorize``, and the epoch."""
+
+    approved: bool
+    reason: str
+    equity: float | None = None
+    initial_margin_before: float | None = None
+    initial_margin_after: float | None = None
+    reserved: float | None = None
+    free_margin_after: float | None = None
+    snapshot_hash: Hash | None = None
+    risk_model_hash: Hash | None = None
+    reservation_id: int | None = None
+    attestation: Attestation | None = None
+    epoch: EpochInfo
+
+
+class FeedState(_Out):
+    asset: str
+    feed: str
+    answer: str
+    decimals: int
+    updated_at: int
+    status: str
+    reason: str
+
+
+class AssetPriceState(_Out):
+    asset: str
+    status: str
+    price: float | None
+    collateral_price: float | None
+    reason: str
+
+
+class ChainState(_Out):
+    chain_id: int
+    name: str
+    status: Literal["ok", "unavailable"]
+    block_number: int | None
+    block_hash: str | None
+    timestamp: int | None
+    sequencer: str | None
+    feeds: list[FeedState]
+    errors: list[str]
+
+
+class Snapshot(_Out):
+    """The chains of the latest epoch: pinned blocks, feed statuses, prices."""
+
+    chains: list[ChainState]
+    prices: list[AssetPriceState]
+    reasons: list[str]
+    epoch: EpochInfo
+
+
+class AccountSummary(_Out):
+    account: Address
+    equity: float
+    initial_margin: float
+    free_margin: float
+    health: float | None
+    status: Literal["ok", "degraded"]
+
+
+class Accounts(_Out):
+    accounts: list[AccountSummary]
+    epoch: EpochInfo
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Ready(_Out):
+    ready: bool
+    epoch: int | None
+    last_error: str | None
+
+
+class RiskAsset(_Out):
+    asset: str
+    quantity: str
+    price: str
+    exposure: float
+    component_es: float
+
+
+class RiskReport(BaseModel):
+    """The JSON of ``omnimargin risk --json``."""
+
+    model_config = ConfigDict(extra="allow")
+    var: float
+    es: float
+    alpha: float
+    scenarios: int

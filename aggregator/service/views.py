@@ -1,0 +1,142 @@
+"""Response bodies built from an epoch (plain functions, no I/O), and the dashboard's mount."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from fastapi import FastAPI
+
+from aggregator.accounts import exact_decimal, portfolio_of
+from aggregator.authorize import AccountState
+from aggregator.portfolio_file import PortfolioFile, decode_json, parse_portfolio
+from aggregator.risk import RiskOptions, run_portfolio_risk
+from aggregator.service.epochs import Epoch
+from aggregator.service.schemas import (
+    Accounts,
+    AccountSummary,
+    AssetPriceState,
+    ChainState,
+    EpochInfo,
+    FeedState,
+    Margin,
+    Portfolio,
+    Snapshot,
+)
+from aggregator.valuation import value_portfolio
+from montecarlo.engine import Executor
+
+RISK_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PortfolioFile.model_json_schema()}},
+        "description": "The portfolio JSON of `omnimargin risk` (numbers read exactly).",
+    }
+}
+
+
+def margin_body(state: AccountState, info: dict[str, Any], reserved: float) -> Margin:
+    """The epoch's margin of one account, with the reservations made since counted now."""
+    r = dict(state.report)
+    r["reserved"] = reserved
+    r["free_margin"] = r["equity"] - r["initial_margin"] - reserved
+    return Margin.model_validate({**r, "epoch": info})
+
+
+def portfolio_body(epoch: Epoch, account: str, info: dict[str, Any]) -> Portfolio:
+    state = epoch.accounts[account]
+    pf = portfolio_of(epoch.world, account)
+    val = value_portfolio(pf, epoch.world.prices)
+    quantities: dict[str, Fraction] = {}
+    for ln in pf.lines:
+        if ln.kind != "perp":
+            sign = -1 if ln.kind == "debt" else 1
+            quantities[ln.asset] = quantities.get(ln.asset, Fraction(0)) + sign * ln.quantity
+    return Portfolio(
+        account=account,
+        quantities={a: exact_decimal(q) for a, q in sorted(quantities.items())},
+        exposures_usd={c: float(x) for c, x in sorted(val.exposures.items()) if x},
+        positions=state.report["positions"],
+        status=state.report["status"],
+        reasons=state.report["reasons"],
+        snapshot_hash=state.report["snapshot_hash"],
+        epoch=EpochInfo.model_validate(info),
+    )
+
+
+def snapshot_body(epoch: Epoch, info: dict[str, Any]) -> Snapshot:
+    chains = []
+    for s in epoch.world.snapshots:
+        seq = s.sequencer
+        chains.append(
+            ChainState(
+                chain_id=s.chain_id,
+                name=s.name,
+                status=s.status.value,
+                block_number=s.block_number,
+                block_hash=s.block_hash,
+                timestamp=s.timestamp,
+                sequencer=None if seq is None else seq.status.value,
+                feeds=[
+                    FeedState(
+                        asset=f.asset,
+                        feed=f.feed,
+                        answer=str(f.answer),
+                        decimals=f.decimals,
+                        updated_at=f.updated_at,
+                        status=f.status.value,
+                        reason=f.reason,
+                    )
+                    for f in s.prices
+                ],
+                errors=list(s.errors),
+            )
+        )
+    prices = [
+        AssetPriceState(
+            asset=p.asset,
+            status=p.status.value,
+            price=None if p.price is None else float(p.price),
+            collateral_price=None if p.collateral_price is None else float(p.collateral_price),
+            reason=p.reason,
+        )
+        for p in sorted(epoch.world.prices.values(), key=lambda p: p.asset)
+    ]
+    return Snapshot(
+        chains=chains,
+        prices=prices,
+        reasons=list(epoch.world.reasons),
+        epoch=EpochInfo.model_validate(info),
+    )
+
+
+def accounts_body(epoch: Epoch, info: dict[str, Any], reserved: dict[str, float]) -> Accounts:
+    rows = []
+    for a, state in sorted(epoch.accounts.items()):
+        r = state.report
+        rows.append(
+            AccountSummary(
+                account=a,
+                equity=r["equity"],
+                initial_margin=r["initial_margin"],
+                free_margin=r["equity"] - r["initial_margin"] - reserved.get(a, 0.0),
+                health=r["health"],
+                status=r["status"],
+            )
+        )
+    return Accounts(accounts=rows, epoch=EpochInfo.model_validate(info))
+
+
+def run_risk_body(
+    text: str, scenarios: int, alpha: float, horizon_days: float, seed: int, executor: Executor
+) -> dict[str, Any]:
+    """``POST /v1/risk``: the portfolio JSON read exactly, run like ``omnimargin risk``."""
+    pf = parse_portfolio(decode_json(text, "portfolio"))
+    opts = RiskOptions(scenarios=scenarios, alpha=alpha, horizon_days=horizon_days, seed=seed)
+    return run_portfolio_risk(pf, opts, executor)
+
+
+def mount(app: FastAPI) -> None:
+    from aggregator.service.dashboard import mount_dashboard
+
+    mount_dashboard(app)
