@@ -20,6 +20,7 @@ from chains.config import OmnimarginConfig, load_config
 from chains.devnet import DevnetInfo, History, devnet_down, devnet_up
 from chains.devnet_nodes import anvil_binary, free_ports
 from chains.errors import DevnetError
+from tests.service_fixture import Server, start_server
 
 # the real daily closes shipped in aggregator/data/prices, last five days
 HISTORY: History = {a: days[-5:] for a, days in replay_history().items()}
@@ -78,3 +79,19 @@ def ray_cluster() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def service(
+    devnet_factory: DevnetFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A real ``omnimargin serve`` (uvicorn on loopback) over a devnet of its own, with an
+    epoch every second; started once for the whole run."""
+    info = devnet_factory(3)
+    server = start_server(
+        info.config_path, tmp_path_factory.mktemp("service") / "serve.log", "--epoch-interval", "1"
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,75 @@
+"""Epochs in-process: the engine's figures for every account equal the CLI path's, the same
+on Ray as locally, and a failed epoch keeps the previous one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aggregator.accounts import margin_report, policy_of, scenario_set
+from aggregator.service.epochs import EpochRunner, compute_accounts
+from aggregator.store import Store
+from chains.config import OmnimarginConfig
+from montecarlo import LocalExecutor, RayExecutor
+
+
+@pytest.fixture(scope="module")
+def runner(devnet: Any, tmp_path_factory: pytest.TempPathFactory) -> EpochRunner:
+    cfg: OmnimarginConfig = devnet.config
+    store = Store(tmp_path_factory.mktemp("epochs") / "state.sqlite")
+    return EpochRunner(cfg, store, LocalExecutor(2), accounts=set(cfg.accounts))
+
+
+def test_epoch_figures_are_the_cli_paths(runner: EpochRunner) -> None:
+    epoch = asyncio.run(runner.step())
+    cfg = runner.cfg
+    policy, _ = policy_of(cfg)
+    scen = scenario_set(cfg, policy)
+    assert np.array_equal(scen.returns, epoch.scen.returns)  # the same draws
+    assert set(epoch.accounts) == set(cfg.accounts) and len(cfg.accounts) >= 3
+    for account, state in epoch.accounts.items():
+        cli, _ = margin_report(epoch.world, account, scen, policy)
+        got = state.report
+        assert got["equity"] == cli["equity"]
+        for key in ("var", "es", "initial_margin", "maintenance_margin"):
+            assert got[key] == pytest.approx(cli[key], rel=1e-12), (account, key)
+        assert got["by_asset"] == pytest.approx(cli["by_asset"], rel=1e-9, abs=1e-9)
+        assert got["risk_model_hash"] == cli["risk_model_hash"]
+        pnl = epoch.scen.returns @ state.exposures
+        assert float(np.sort(-pnl)[-1]) >= got["es"] >= got["var"]
+
+
+def test_ray_epochs_equal_local_ones(runner: EpochRunner, ray_cluster: Any) -> None:
+    epoch = runner.current or asyncio.run(runner.step())
+    policy, ttl = policy_of(runner.cfg)
+    model = runner.model(policy)
+    accounts = sorted(epoch.accounts)
+    local = compute_accounts(epoch.world, accounts, model, policy, ttl, LocalExecutor(2), {})
+    ray = RayExecutor(workers=2)
+    try:
+        remote = compute_accounts(epoch.world, accounts, model, policy, ttl, ray, {})
+    finally:
+        ray.close()
+    for a in accounts:
+        assert remote[a].report == local[a].report  # bit for bit
+
+
+def test_a_failed_epoch_keeps_the_previous_one(runner: EpochRunner, tmp_path: Path) -> None:
+    """A config whose history cannot be calibrated (a real failure inside the epoch)."""
+    first = runner.current or asyncio.run(runner.step())
+    broken = runner.cfg.model_copy(update={"margin": {"scenarios": 5}})
+    failing = EpochRunner(broken, runner.store, runner.executor, accounts=runner.accounts)
+    failing.current = first
+
+    async def once() -> None:
+        task = asyncio.create_task(failing.run())
+        await asyncio.sleep(0.5)
+        task.cancel()
+
+    asyncio.run(once())
+    assert failing.current is first and failing.failures >= 1
+    assert failing.last_error is not None and "margin.scenarios" in failing.last_error
