@@ -27,15 +27,28 @@ $(CHROMIUM):
 
 install: $(STAMP) node_modules/.bin/anvil
 
+DEMO_ACCOUNT := 0x70997970C51812dc3A010C7d01b50e0d17dc79C8
+OM := $(BIN)/omnimargin
+
 demo: install
-	$(BIN)/omnimargin devnet down --dir .omnimargin >/dev/null 2>&1 || true
-	$(BIN)/omnimargin devnet up --dir .omnimargin
-	$(BIN)/omnimargin snapshot --config .omnimargin/config.toml
-	$(BIN)/omnimargin margin 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --config .omnimargin/config.toml
-	$(BIN)/omnimargin authorize --account 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 --chain-id 31337002 --market ETH --size-delta 3 --config .omnimargin/config.toml
-	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99
-	$(BIN)/omnimargin risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99 --model student_t --dof 4 --json
-	$(BIN)/omnimargin devnet down --dir .omnimargin
+	$(OM) devnet down --dir .omnimargin >/dev/null 2>&1 || true
+	$(OM) devnet up --dir .omnimargin
+	$(OM) snapshot --config .omnimargin/config.toml
+	@echo "== unified margin of the demo account: collateral on devnet-eth and devnet-base, USDC in flight over CCTP"
+	$(OM) margin $(DEMO_ACCOUNT) --config .omnimargin/config.toml
+	@echo "== authorise a 3 ETH perp on devnet-arb (chain 31337002) and open it there with the attestation"
+	$(OM) authorize --account $(DEMO_ACCOUNT) --chain-id 31337002 --market ETH --size-delta 3 --config .omnimargin/config.toml --save .omnimargin/authorization.json
+	$(OM) devnet submit .omnimargin/authorization.json --dir .omnimargin
+	@echo "== margin again, with the position in it"
+	$(OM) margin $(DEMO_ACCOUNT) --config .omnimargin/config.toml
+	$(OM) report $(DEMO_ACCOUNT) --out report.html --config .omnimargin/config.toml
+	$(OM) risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99
+	@echo
+	@echo "The devnet is still running. Start the service and open the dashboard:"
+	@echo "  $(OM) serve --config .omnimargin/config.toml    # then open http://127.0.0.1:8000/"
+	@echo "  curl http://127.0.0.1:8000/v1/accounts/$(DEMO_ACCOUNT)/margin"
+	@echo "report.html has the same pictures for the demo account. Stop the chains with:"
+	@echo "  $(OM) devnet down --dir .omnimargin"
 
 lint: install
 	$(BIN)/ruff check .

@@ -99,6 +99,25 @@ class MarginAttestation:
         if self.valid_until < self.issued_at:
             raise InputError("valid_until", f"{self.valid_until} is before {self.issued_at}")
 
+    @classmethod
+    def from_typed_data(cls, typed: dict[str, Any]) -> MarginAttestation:
+        """The attestation in an EIP-712 JSON written by :func:`typed_data`."""
+        message = typed.get("message")
+        if not isinstance(message, dict):
+            raise InputError("typed_data.message", "missing")
+        fields: dict[str, Any] = {}
+        for typed_name, kind, name in FIELDS:
+            if typed_name not in message:
+                raise InputError(f"typed_data.message.{typed_name}", "missing")
+            value = message[typed_name]
+            if kind == "bytes32":
+                try:
+                    value = bytes.fromhex(str(value).removeprefix("0x"))
+                except ValueError:
+                    raise InputError(f"typed_data.message.{typed_name}", "not hex") from None
+            fields[name] = value
+        return cls(**fields)
+
     def as_tuple(self) -> tuple[Any, ...]:
         """The struct as an ABI tuple (what a contract call with ``MarginAttestation`` takes)."""
         return astuple(self)

@@ -177,3 +177,56 @@ def advance(
     for asset, price in prices.items():
         table.add_row(asset, f"{price:,.8f}".rstrip("0").rstrip("."))
     out_console.print(table)
+
+
+@devnet_app.command()
+def submit(
+    decision: Annotated[Path, typer.Argument(help="JSON of `omnimargin authorize --json`.")],
+    directory: DirOption = DEFAULT_DIR,
+    sender: Annotated[int, typer.Option(help="Index of the unlocked devnet account sending.")] = 7,
+) -> None:
+    """Open the authorised position: send the attestation to PerpMarket on its chain (the gate
+    verifies it there). Any account may send it; the position is the attestation's account's."""
+    import json
+
+    from web3 import HTTPProvider, Web3
+    from web3.exceptions import ContractLogicError
+
+    from aggregator.attestation import MarginAttestation
+    from aggregator.errors import InputError
+    from chains.compile import load_artifact
+    from chains.config import load_config
+
+    try:
+        config = load_config(directory / "config.toml")
+        try:
+            body = json.loads(decision.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError("decision", f"cannot read {decision} ({exc})") from None
+        if not isinstance(body, dict) or not body.get("approved") or "attestation" not in body:
+            raise InputError("decision", "not an approved authorisation (no attestation)")
+        typed = body["attestation"]["typed_data"]
+        att = MarginAttestation.from_typed_data(typed)
+        chain_id = int(typed["domain"]["chainId"])
+        chain = config.chain(chain_id)
+        if chain.perp_market is None:
+            raise InputError("decision", f"chain {chain_id} has no PerpMarket")
+        w3 = Web3(HTTPProvider(chain.rpc_urls[0], request_kwargs={"timeout": 30}))
+        perp = w3.eth.contract(
+            address=Web3.to_checksum_address(chain.perp_market),
+            abi=list(load_artifact("PerpMarket").abi),
+        )
+        signature = bytes.fromhex(body["attestation"]["signature"].removeprefix("0x"))
+        call = perp.functions.open(att.as_tuple(), signature)
+        try:
+            call.call({"from": w3.eth.accounts[sender]})
+        except ContractLogicError as exc:
+            raise InputError("attestation", f"refused on chain {chain_id}: {exc}") from None
+        tx = call.transact({"from": w3.eth.accounts[sender]})
+        receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=60)
+    except (AggregatorError, ChainError, KeyError) as exc:
+        _fail(str(exc))
+    out_console.print(
+        f"position opened on chain {chain_id} in block {receipt['blockNumber']}: "
+        f"{att.account} {att.size_delta / 10**18:+g} (tx {tx.hex()})"
+    )

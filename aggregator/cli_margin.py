@@ -116,6 +116,9 @@ def authorize_command(
         Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    save: Annotated[
+        Path | None, typer.Option(help="Also write the JSON decision to this file.")
+    ] = None,
 ) -> None:
     """Authorise a position change: approve with a signed attestation, or refuse with a reason."""
     from aggregator.attestation import load_signer_key
@@ -138,6 +141,11 @@ def authorize_command(
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         _fail(str(exc))
         return
+    if save is not None:
+        try:
+            save.write_text(json.dumps(decision, indent=1))
+        except OSError as exc:
+            _fail(f"save: cannot write {save} ({exc.strerror})")
     if as_json:
         typer.echo(json.dumps(decision))
         return

@@ -36,15 +36,7 @@ NAMES = {
 
 
 def _att(typed: dict[str, Any]) -> MarginAttestation:
-    fields = {}
-    for key, value in typed["message"].items():
-        name = NAMES.get(key, key)
-        fields[name] = (
-            bytes.fromhex(value[2:])
-            if name in ("market", "snapshot_hash", "risk_model_hash")
-            else value
-        )
-    return MarginAttestation(**fields)
+    return MarginAttestation.from_typed_data(typed)
 
 
 def _perp(cfg: OmnimarginConfig, chain_id: int) -> tuple[Web3, Any]:
