@@ -28,6 +28,8 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     from aggregator.service.settings import load_settings
     from aggregator.store import Store
     from chains.config import config_path, load_config
+    from montecarlo import LocalExecutor
+    from montecarlo.engine import Executor
 
     path = config_path(config_file)
     cfg = load_config(path)
@@ -40,9 +42,12 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         )
     signer = load_signer_key(cfg.signer)
     store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
-    executor = make_executor(
-        ExecutorChoice(settings.executor), settings.ray_address, settings.workers, False
-    )
+    executor: Executor
+    if settings.executor == "local":
+        # worker processes even for small passes: the server's own threads keep the GIL
+        executor = LocalExecutor(settings.workers, processes=True)
+    else:
+        executor = make_executor(ExecutorChoice.ray, settings.ray_address, settings.workers, False)
     metrics = Metrics()
     runner = EpochRunner(
         cfg,

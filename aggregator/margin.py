@@ -240,9 +240,16 @@ def figures_of(
     )
 
 
+def im_value(pnl: np.ndarray, policy: MarginPolicy) -> float:
+    """IM alone (no MM, no standard errors): the third figure of :func:`initial_margin`."""
+    if policy.im_multiplier is not None:
+        return max(float(expected_shortfall(-pnl, policy.mm_alpha)), 0.0) * policy.im_multiplier
+    return max(float(expected_shortfall(-pnl, policy.im_alpha)), 0.0)
+
+
 def im_with_position(
     pnl: np.ndarray, scen: ScenarioSet, column: str, delta_usd: float, policy: MarginPolicy
 ) -> float:
     """IM after adding ``delta_usd`` of exposure to ``column``: P&L' = P&L + r[:, i] * delta."""
     after = pnl + scen.returns[:, scen.column(column)] * delta_usd
-    return initial_margin(after, scen, policy)[2]
+    return im_value(after, policy)

@@ -62,11 +62,11 @@ class LocalExecutor(Executor):
     def _use_processes(
         self, problem: RiskProblem, ranges: list[tuple[int, int]], backend: Any
     ) -> bool:
-        if len(ranges) < 2 or backend != "numpy":
+        if backend != "numpy":
             return False
-        if self.processes is not None:
+        if self.processes is not None:  # forced: even one range runs in a worker process
             return self.processes
-        return problem.n_accounts * problem.scenarios >= PROCESS_THRESHOLD
+        return len(ranges) >= 2 and problem.n_accounts * problem.scenarios >= PROCESS_THRESHOLD
 
     def map(
         self,

@@ -16,11 +16,11 @@ from typing import Any, NamedTuple
 import pytest
 
 from aggregator.cli_devnet import replay_history
+from aggregator.service.launcher import Server, start_server
 from chains.config import OmnimarginConfig, load_config
 from chains.devnet import DevnetInfo, History, devnet_down, devnet_up
 from chains.devnet_nodes import anvil_binary, free_ports
 from chains.errors import DevnetError
-from tests.service_fixture import Server, start_server
 
 # the real daily closes shipped in aggregator/data/prices, last five days
 HISTORY: History = {a: days[-5:] for a, days in replay_history().items()}

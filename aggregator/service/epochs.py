@@ -186,10 +186,8 @@ class EpochRunner:
         policy, ttl = policy_of(self.cfg)
         accounts = sorted(self.accounts)
         taken = time.time()
-        world = await read_world(
-            self.cfg, accounts, timeout_s=self.read_timeout_s, tolerance=policy.price_tolerance
-        )
-        await self._settle(accounts)
+        # chain I/O and decoding on a thread of its own: the server's event loop stays free
+        world = await asyncio.to_thread(asyncio.run, self._read(accounts, policy))
         read_s = time.time() - taken
         now = int(time.time())
         reserved = {a: float(self.store.reserved(a, now)) for a in accounts}
@@ -207,6 +205,13 @@ class EpochRunner:
         if self.on_epoch is not None:
             self.on_epoch(epoch)
         return epoch
+
+    async def _read(self, accounts: list[str], policy: MarginPolicy) -> World:
+        world = await read_world(
+            self.cfg, accounts, timeout_s=self.read_timeout_s, tolerance=policy.price_tolerance
+        )
+        await self._settle(accounts)
+        return world
 
     async def _settle(self, accounts: list[str]) -> None:
         """Release reservations whose positions reached their chain (the gate used the nonce)."""

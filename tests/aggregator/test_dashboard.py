@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_fixture import Server, omnimargin_binary
+from aggregator.service.launcher import Server, omnimargin_binary
 
 CHROMIUM = Path("/usr/bin/chromium")
 ACCOUNT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"

@@ -136,8 +136,11 @@ def test_margin_figures_and_breakdowns(scenarios: ScenarioSet) -> None:
     assert m.health == pytest.approx(float(m.equity) / m.maintenance_margin)
 
 
-def test_im_of_a_new_position_equals_a_full_recompute(scenarios: ScenarioSet) -> None:
-    policy = MarginPolicy(scenarios=40_000, seed=3)
+@pytest.mark.parametrize("multiplier", [None, 1.5])
+def test_im_of_a_new_position_equals_a_full_recompute(
+    scenarios: ScenarioSet, multiplier: float | None
+) -> None:
+    policy = MarginPolicy(scenarios=40_000, seed=3, im_multiplier=multiplier)
     prices = price_assets(
         [_snap(1, {"ETH": (2500_00000000, FeedStatus.OK), "BTC": (95000_00000000, FeedStatus.OK)})]
     )

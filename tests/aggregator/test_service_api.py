@@ -18,8 +18,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from aggregator.attestation import MarginAttestation, recover
+from aggregator.service.launcher import Server, omnimargin_binary, service_config, start_server
 from chains.devnet_margin import devnet_signer_address
-from tests.service_fixture import Server, omnimargin_binary, service_config, start_server
 
 ACCOUNT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # demo account: collateral on 2 chains
 B = 31337002

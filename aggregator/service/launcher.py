@@ -1,4 +1,5 @@
-"""A real ``omnimargin serve`` on loopback, as a subprocess (tests/conftest.py starts it)."""
+"""Start a real ``omnimargin serve`` on loopback as a subprocess and wait until it is ready
+(the tests' and the load benchmark's server)."""
 
 from __future__ import annotations
 
