@@ -89,13 +89,17 @@ def scenario_set(
     return ScenarioSet.draw(scenario_model(config, policy, history), policy)
 
 
-def risk_model_hash(scen: ScenarioSet, policy: MarginPolicy) -> str:
-    """keccak256 of the canonical JSON of the model parameters and the policy (with the seed),
-    so anyone holding the same history can recompute the figure."""
+def risk_model_hash(scen: ScenarioSet | dict[str, Any], policy: MarginPolicy) -> str:
+    """keccak256 of the canonical JSON of the model parameters (a scenario set's, or a model's
+    ``describe()``) and the policy (with the seed), so anyone holding the same history can
+    recompute the figure."""
     from eth_utils.crypto import keccak
 
     body = json.dumps(
-        {"model": scen.model, "policy": {k: str(v) for k, v in asdict(policy).items()}},
+        {
+            "model": scen if isinstance(scen, dict) else scen.model,
+            "policy": {k: str(v) for k, v in asdict(policy).items()},
+        },
         sort_keys=True,
         separators=(",", ":"),
     )

@@ -23,7 +23,7 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     from aggregator.attestation import load_signer_key
     from aggregator.cli import ExecutorChoice, make_executor
     from aggregator.service.app import Service
-    from aggregator.service.epochs import EpochRunner
+    from aggregator.service.epochs import EpochRunner, ExecutorSpec
     from aggregator.service.metrics import Metrics
     from aggregator.service.settings import load_settings
     from aggregator.store import Store
@@ -41,18 +41,20 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
             "or api_keys_env in [service]",
         )
     signer = load_signer_key(cfg.signer)
-    store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
-    executor: Executor
-    if settings.executor == "local":
-        # worker processes even for small passes: the server's own threads keep the GIL
-        executor = LocalExecutor(settings.workers, processes=True)
-    else:
-        executor = make_executor(ExecutorChoice.ray, settings.ray_address, settings.workers, False)
+    store_path = Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite")
+    store = Store(store_path)
+    spec = ExecutorSpec(settings.executor, settings.ray_address, settings.workers)
+    # POST /v1/risk runs here: worker processes even for small passes (requests keep the GIL)
+    executor: Executor = (
+        LocalExecutor(settings.workers, processes=True)
+        if settings.executor == "local"
+        else make_executor(ExecutorChoice.ray, settings.ray_address, settings.workers, False)
+    )
     metrics = Metrics()
     runner = EpochRunner(
         cfg,
-        store,
-        executor,
+        str(store_path),
+        spec,
         interval_s=settings.epoch_interval_s,
         stale_after_s=settings.stale_after_s,
         read_timeout_s=settings.read_timeout_s,
@@ -105,6 +107,7 @@ def serve(
     try:
         uvicorn.run(create_app(svc), host=s.host, port=s.port, log_level="warning")
     finally:
+        svc.runner.close()
         svc.executor.close()
         svc.store.close()
 

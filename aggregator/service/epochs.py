@@ -1,9 +1,11 @@
 """Epochs: every few seconds, one snapshot of all chains, one scenario set, every known
 account's margin, swapped in at once.
 
-Requests are served from the latest complete epoch and never wait on chain I/O. An epoch's
-Monte Carlo runs through the engine (:func:`montecarlo.run_risk`) with all accounts as one
-exposure matrix, on this machine or on Ray: the same seed gives the same figures on both.
+Requests are served from the latest complete epoch and never wait on chain I/O. An epoch runs
+in a worker process (reads, valuation, Monte Carlo), and its Monte Carlo goes through the engine
+(:func:`montecarlo.run_risk`) with all accounts as one exposure matrix, on this machine or on
+Ray: the same seed gives the same figures on both. The server keeps its own copy of the
+scenario set (the same draws) for what-if IM of authorisations.
 A failed epoch keeps the previous one; past ``stale_after_s`` it is stale and authorisations
 are refused.
 """
@@ -14,9 +16,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +31,7 @@ import numpy as np
 from aggregator.accounts import (
     account_reasons,
     check_columns,
+    exact_decimal,
     policy_of,
     portfolio_of,
     report_json,
@@ -32,12 +40,14 @@ from aggregator.accounts import (
 )
 from aggregator.authorize import AccountState, consumed_nonces
 from aggregator.errors import AggregatorError
-from aggregator.margin import MarginPolicy, ScenarioSet, TailFigures, figures_of
-from aggregator.store import Store
+from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, TailFigures, figures_of
+from aggregator.portfolio import Portfolio
+from aggregator.store import Reservation, Store
 from aggregator.valuation import value_portfolio
 from aggregator.world import World, read_world
 from chains.config import OmnimarginConfig
-from montecarlo import RiskProblem, run_risk
+from chains.errors import ChainError
+from montecarlo import LocalExecutor, RiskProblem, run_risk
 from montecarlo.engine import Executor, RiskResult
 from montecarlo.models import ScenarioModel
 
@@ -54,6 +64,7 @@ class Epoch:
     world: World
     scen: ScenarioSet
     accounts: dict[str, AccountState]
+    portfolios: dict[str, tuple[dict[str, str], dict[str, float]]]  # quantities, USD exposures
     read_s: float
     compute_s: float
 
@@ -73,13 +84,49 @@ class Epoch:
         }
 
 
-@dataclass
-class _Model:
-    """The scenario model and set, kept while the policy and the universe stay the same."""
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where an epoch's Monte Carlo runs (built inside the epoch worker process)."""
 
-    model: ScenarioModel
-    scen: ScenarioSet
-    hash: str
+    kind: str = "local"  # "local" | "ray"
+    address: str | None = None
+    workers: int | None = None
+
+    def build(self) -> Executor:
+        if self.kind == "ray":
+            from montecarlo import RayExecutor
+
+            return RayExecutor(address=self.address, workers=self.workers)
+        return LocalExecutor(self.workers)
+
+
+@dataclass(frozen=True)
+class AccountResult:
+    """One account's figures from the epoch worker (no scenario arrays: the server has them)."""
+
+    report: dict[str, Any]
+    figures: MarginFigures
+    exposures: np.ndarray  # (n,) USD per risk column, in the model's column order
+    quantities: dict[str, str]  # canonical asset -> exact decimal
+    exposures_usd: dict[str, float]  # risk column -> USD
+
+
+@dataclass(frozen=True)
+class EpochJob:
+    cfg: OmnimarginConfig
+    accounts: tuple[str, ...]
+    spec: ExecutorSpec
+    read_timeout_s: float
+    store_path: str | None
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    world: World  # without balances and holdings (every account's figures are in ``accounts``)
+    accounts: dict[str, AccountResult]
+    model_hash: str
+    read_s: float
+    compute_s: float
 
 
 def _tails(result: RiskResult, i: int) -> TailFigures:
@@ -94,38 +141,44 @@ def _tails(result: RiskResult, i: int) -> TailFigures:
     )
 
 
+def _vector(columns: tuple[str, ...], exposures: dict[str, Fraction]) -> np.ndarray:
+    e = np.zeros(len(columns))
+    index = {c: i for i, c in enumerate(columns)}
+    for col, usd in exposures.items():
+        e[index[col]] += float(usd)
+    return e
+
+
 def compute_accounts(
     world: World,
     accounts: Iterable[str],
-    model: _Model,
+    model: ScenarioModel,
     policy: MarginPolicy,
-    ttl: int,
     executor: Executor,
     reserved: dict[str, float],
-) -> dict[str, AccountState]:
+) -> dict[str, AccountResult]:
     """Every account's margin on the epoch's scenarios: one engine run for all of them (MM,
     with ES contributions), one more for IM unless IM is a multiple of MM."""
     names = list(accounts)
     if not names:
         return {}
-    scen = model.scen
+    columns = tuple(model.assets)
+    model_hash = risk_model_hash(model.describe(), policy)
     pfs = [portfolio_of(world, a) for a in names]
     for pf in pfs:
-        check_columns(pf, scen.columns)
+        check_columns(pf, columns)
     vals = [value_portfolio(pf, world.prices) for pf in pfs]
-    E = np.stack(
-        [scen.vector({c: x for c, x in v.exposures.items() if x}) for v in vals], axis=1
-    )  # (n, A)
+    E = np.stack([_vector(columns, {c: x for c, x in v.exposures.items() if x}) for v in vals], 1)
 
     def run(alpha: float, components: bool) -> RiskResult:
-        problem = RiskProblem(model.model, E, alpha, policy.scenarios, policy.seed)
+        problem = RiskProblem(model, E, alpha, policy.scenarios, policy.seed)
         return run_risk(problem, executor=executor, components=components)
 
     mm = run(policy.mm_alpha, True)
     im = mm if policy.im_multiplier is not None else run(policy.im_alpha, False)
     assert mm.components is not None
-    col = {c: mm.assets.index(c) for c in scen.columns}
-    out: dict[str, AccountState] = {}
+    col = {c: mm.assets.index(c) for c in columns}
+    out: dict[str, AccountResult] = {}
     for i, (name, pf, val) in enumerate(zip(names, pfs, vals, strict=True)):
         mm_t, im_t = _tails(mm, i), _tails(im, i)
         im_value = max(mm_t.es, 0.0) * policy.im_multiplier if policy.im_multiplier else None
@@ -140,22 +193,94 @@ def compute_accounts(
             reserved.get(name, 0.0),
             account_reasons(world, name),
         )
-        report = report_json(world, pf, figures, policy, model.hash)
-        out[name] = AccountState(world, scen, policy, ttl, report, figures, E[:, i].copy())
+        report = report_json(world, pf, figures, policy, model_hash)
+        out[name] = AccountResult(
+            report, figures, E[:, i].copy(), _quantities(pf), _usd(val.exposures)
+        )
     return out
+
+
+def _quantities(pf: Portfolio) -> dict[str, str]:
+    totals: dict[str, Fraction] = {}
+    for ln in pf.lines:
+        if ln.kind != "perp":
+            sign = -1 if ln.kind == "debt" else 1
+            totals[ln.asset] = totals.get(ln.asset, Fraction(0)) + sign * ln.quantity
+    return {a: exact_decimal(q) for a, q in sorted(totals.items())}
+
+
+def _usd(exposures: dict[str, Fraction]) -> dict[str, float]:
+    return {c: float(x) for c, x in sorted(exposures.items()) if x}
+
+
+def _slim(world: World) -> World:
+    """The world without balances, positions and holdings: what requests still need
+    (statuses, feeds, prices, the snapshot hash) at a fraction of the size."""
+    snaps = tuple(replace(s, balances=(), positions=()) for s in world.snapshots)
+    return replace(world, snapshots=snaps, holdings={}, inflight=())
+
+
+_WORKER: dict[ExecutorSpec, Executor] = {}
+
+
+def take_epoch(job: EpochJob) -> EpochResult:
+    """One epoch, in the epoch worker process: read every chain, settle filled reservations,
+    run the Monte Carlo for every account. The executor stays up between epochs."""
+    policy, _ = policy_of(job.cfg)
+    started = time.time()
+    world = asyncio.run(
+        read_world(job.cfg, job.accounts, job.read_timeout_s, policy.price_tolerance)
+    )
+    reserved: dict[str, float] = {}
+    if job.store_path is not None:
+        store = Store(Path(job.store_path))
+        try:
+            asyncio.run(_settle(job.cfg, store))
+            now = int(time.time())
+            reserved = {a: float(store.reserved(a, now)) for a in job.accounts}
+        finally:
+            store.close()
+    read_s = time.time() - started
+    executor = _WORKER.get(job.spec)
+    if executor is None:
+        executor = _WORKER[job.spec] = job.spec.build()
+    model = scenario_model(job.cfg, policy)
+    states = compute_accounts(world, job.accounts, model, policy, executor, reserved)
+    model_hash = risk_model_hash(model.describe(), policy)
+    return EpochResult(_slim(world), states, model_hash, read_s, time.time() - started - read_s)
+
+
+async def _settle(cfg: OmnimarginConfig, store: Store) -> None:
+    """Release reservations whose positions reached their chain (the gate used the nonce)."""
+    pending: dict[str, list[Reservation]] = {}
+    for r in store.reservations():
+        if r.state == "active":
+            pending.setdefault(r.account, []).append(r)
+    for account, rows in pending.items():
+        store.mark_filled(account, await consumed_nonces(cfg, account, rows))
+
+
+@dataclass
+class _Model:
+    """The server's scenario set, kept while the policy and the universe stay the same."""
+
+    scen: ScenarioSet
+    hash: str
 
 
 @dataclass
 class EpochRunner:
     """Takes epochs in the background and holds the latest complete one.
 
-    ``accounts``: the known accounts (the config's and any asked for since); an account asked
-    for that is not yet known is added and appears from the next epoch on.
+    Each epoch runs in a worker process of its own (chain reads, decoding, valuation and the
+    Monte Carlo), so the server's threads keep the GIL for requests. ``accounts``: the known
+    accounts (the config's and any asked for since); an account asked for that is not yet
+    known is added and appears from the next epoch on.
     """
 
     cfg: OmnimarginConfig
-    store: Store
-    executor: Executor
+    store_path: str | None
+    spec: ExecutorSpec = field(default_factory=ExecutorSpec)
     interval_s: float = 10.0
     stale_after_s: float = 60.0
     read_timeout_s: float = 30.0
@@ -167,6 +292,7 @@ class EpochRunner:
     _model: _Model | None = None
     _number: int = 0
     _wake: asyncio.Event | None = None
+    _pool: ProcessPoolExecutor | None = None
 
     def watch(self, account: str) -> None:
         if account not in self.accounts:
@@ -176,49 +302,61 @@ class EpochRunner:
 
     def model(self, policy: MarginPolicy) -> _Model:
         if self._model is None:
-            m = scenario_model(self.cfg, policy)
-            scen = ScenarioSet.draw(m, policy)
-            self._model = _Model(m, scen, risk_model_hash(scen, policy))
+            scen = ScenarioSet.draw(scenario_model(self.cfg, policy), policy)
+            self._model = _Model(scen, risk_model_hash(scen, policy))
         return self._model
+
+    def _worker(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["aggregator.service.epochs"])
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     async def step(self) -> Epoch:
         """Take one epoch and swap it in (the previous one stays if this raises)."""
         policy, ttl = policy_of(self.cfg)
-        accounts = sorted(self.accounts)
-        taken = time.time()
-        # chain I/O and decoding on a thread of its own: the server's event loop stays free
-        world = await asyncio.to_thread(asyncio.run, self._read(accounts, policy))
-        read_s = time.time() - taken
-        now = int(time.time())
-        reserved = {a: float(self.store.reserved(a, now)) for a in accounts}
-        model = await asyncio.to_thread(self.model, policy)
-        states = await asyncio.to_thread(
-            compute_accounts, world, accounts, model, policy, ttl, self.executor, reserved
+        job = EpochJob(
+            self.cfg, tuple(sorted(self.accounts)), self.spec, self.read_timeout_s, self.store_path
         )
+        taken = time.time()
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._worker(), take_epoch, job)
+        except BrokenProcessPool as exc:
+            self._pool = None  # a new worker next time
+            raise RuntimeError(f"epoch worker died ({exc})") from None
+        model = await asyncio.to_thread(self.model, policy)
+        if result.model_hash != model.hash:
+            raise RuntimeError(
+                f"epoch worker calibrated model {result.model_hash}, the server {model.hash}"
+            )
+        states = {
+            a: AccountState(result.world, model.scen, policy, ttl, r.report, r.figures, r.exposures)
+            for a, r in result.accounts.items()
+        }
         self._number += 1
-        done = time.time()
         epoch = Epoch(
-            self._number, taken, done, world, model.scen, states, read_s, done - taken - read_s
+            self._number,
+            taken,
+            time.time(),
+            result.world,
+            model.scen,
+            states,
+            {a: (r.quantities, r.exposures_usd) for a, r in result.accounts.items()},
+            result.read_s,
+            result.compute_s,
         )
         self.current = epoch  # one reference swap: readers see the old or the new epoch
         self.last_error = None
         if self.on_epoch is not None:
             self.on_epoch(epoch)
         return epoch
-
-    async def _read(self, accounts: list[str], policy: MarginPolicy) -> World:
-        world = await read_world(
-            self.cfg, accounts, timeout_s=self.read_timeout_s, tolerance=policy.price_tolerance
-        )
-        await self._settle(accounts)
-        return world
-
-    async def _settle(self, accounts: list[str]) -> None:
-        """Release reservations whose positions reached their chain (the gate used the nonce)."""
-        for a in accounts:
-            pending = [r for r in self.store.reservations(a) if r.state == "active"]
-            if pending:
-                self.store.mark_filled(a, await consumed_nonces(self.cfg, a, pending))
 
     async def run(self) -> None:
         """Epochs forever, ``interval_s`` apart (sooner when a new account is watched)."""
@@ -234,7 +372,7 @@ class EpochRunner:
                     epoch.read_s,
                     epoch.compute_s,
                 )
-            except (AggregatorError, OSError, ValueError, RuntimeError) as exc:
+            except (AggregatorError, OSError, ValueError, RuntimeError, ChainError) as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("epoch failed, keeping the previous one: %s", self.last_error)

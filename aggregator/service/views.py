@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 from fastapi import FastAPI
 
-from aggregator.accounts import exact_decimal, portfolio_of
 from aggregator.authorize import AccountState
 from aggregator.portfolio_file import PortfolioFile, decode_json, parse_portfolio
 from aggregator.risk import RiskOptions, run_portfolio_risk
@@ -23,7 +21,6 @@ from aggregator.service.schemas import (
     Portfolio,
     Snapshot,
 )
-from aggregator.valuation import value_portfolio
 from montecarlo.engine import Executor
 
 RISK_BODY: dict[str, Any] = {
@@ -45,17 +42,11 @@ def margin_body(state: AccountState, info: dict[str, Any], reserved: float) -> M
 
 def portfolio_body(epoch: Epoch, account: str, info: dict[str, Any]) -> Portfolio:
     state = epoch.accounts[account]
-    pf = portfolio_of(epoch.world, account)
-    val = value_portfolio(pf, epoch.world.prices)
-    quantities: dict[str, Fraction] = {}
-    for ln in pf.lines:
-        if ln.kind != "perp":
-            sign = -1 if ln.kind == "debt" else 1
-            quantities[ln.asset] = quantities.get(ln.asset, Fraction(0)) + sign * ln.quantity
+    quantities, exposures = epoch.portfolios[account]
     return Portfolio(
         account=account,
-        quantities={a: exact_decimal(q) for a, q in sorted(quantities.items())},
-        exposures_usd={c: float(x) for c, x in sorted(val.exposures.items()) if x},
+        quantities=quantities,
+        exposures_usd=exposures,
         positions=state.report["positions"],
         status=state.report["status"],
         reasons=state.report["reasons"],

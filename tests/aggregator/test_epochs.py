@@ -4,24 +4,27 @@ on Ray as locally, and a failed epoch keeps the previous one."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from aggregator.accounts import margin_report, policy_of, scenario_set
-from aggregator.service.epochs import EpochRunner, compute_accounts
-from aggregator.store import Store
+from aggregator.accounts import margin_report, policy_of, scenario_model, scenario_set
+from aggregator.service.epochs import EpochRunner, ExecutorSpec, compute_accounts
+from aggregator.world import read_world
 from chains.config import OmnimarginConfig
 from montecarlo import LocalExecutor, RayExecutor
 
 
 @pytest.fixture(scope="module")
-def runner(devnet: Any, tmp_path_factory: pytest.TempPathFactory) -> EpochRunner:
+def runner(devnet: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EpochRunner]:
     cfg: OmnimarginConfig = devnet.config
-    store = Store(tmp_path_factory.mktemp("epochs") / "state.sqlite")
-    return EpochRunner(cfg, store, LocalExecutor(2), accounts=set(cfg.accounts))
+    store = str(tmp_path_factory.mktemp("epochs") / "state.sqlite")
+    r = EpochRunner(cfg, store, ExecutorSpec("local", workers=2), accounts=set(cfg.accounts))
+    yield r
+    r.close()
 
 
 def test_epoch_figures_are_the_cli_paths(runner: EpochRunner) -> None:
@@ -31,8 +34,10 @@ def test_epoch_figures_are_the_cli_paths(runner: EpochRunner) -> None:
     scen = scenario_set(cfg, policy)
     assert np.array_equal(scen.returns, epoch.scen.returns)  # the same draws
     assert set(epoch.accounts) == set(cfg.accounts) and len(cfg.accounts) >= 3
+    world = asyncio.run(read_world(cfg, cfg.accounts))  # the CLI's read: the same blocks
+    assert world.snapshot_hash == epoch.world.snapshot_hash  # (the shared devnet stands still)
     for account, state in epoch.accounts.items():
-        cli, _ = margin_report(epoch.world, account, scen, policy)
+        cli, _ = margin_report(world, account, scen, policy)
         got = state.report
         assert got["equity"] == cli["equity"]
         for key in ("var", "es", "initial_margin", "maintenance_margin"):
@@ -44,25 +49,28 @@ def test_epoch_figures_are_the_cli_paths(runner: EpochRunner) -> None:
 
 
 def test_ray_epochs_equal_local_ones(runner: EpochRunner, ray_cluster: Any) -> None:
-    epoch = runner.current or asyncio.run(runner.step())
-    policy, ttl = policy_of(runner.cfg)
-    model = runner.model(policy)
-    accounts = sorted(epoch.accounts)
-    local = compute_accounts(epoch.world, accounts, model, policy, ttl, LocalExecutor(2), {})
+    """The function the epoch worker runs, with the engine local and on Ray."""
+    cfg = runner.cfg
+    policy, _ = policy_of(cfg)
+    world = asyncio.run(read_world(cfg, cfg.accounts))
+    model = scenario_model(cfg, policy)
+    local = compute_accounts(world, cfg.accounts, model, policy, LocalExecutor(2), {})
     ray = RayExecutor(workers=2)
     try:
-        remote = compute_accounts(epoch.world, accounts, model, policy, ttl, ray, {})
+        remote = compute_accounts(world, cfg.accounts, model, policy, ray, {})
     finally:
         ray.close()
-    for a in accounts:
+    assert len(local) == len(cfg.accounts) >= 3
+    for a in cfg.accounts:
         assert remote[a].report == local[a].report  # bit for bit
+        assert np.array_equal(remote[a].exposures, local[a].exposures)
 
 
 def test_a_failed_epoch_keeps_the_previous_one(runner: EpochRunner, tmp_path: Path) -> None:
     """A config whose history cannot be calibrated (a real failure inside the epoch)."""
     first = runner.current or asyncio.run(runner.step())
     broken = runner.cfg.model_copy(update={"margin": {"scenarios": 5}})
-    failing = EpochRunner(broken, runner.store, runner.executor, accounts=runner.accounts)
+    failing = EpochRunner(broken, runner.store_path, runner.spec, accounts=runner.accounts)
     failing.current = first
 
     async def once() -> None:
