@@ -12,9 +12,11 @@ import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
 from fastapi import Depends, FastAPI, Query, Request
@@ -66,6 +68,7 @@ class Service:
     signer: LocalAccount
     executor: Executor
     metrics: Metrics
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
 
 
 def _error(status: int, field: str, reason: str) -> JSONResponse:
@@ -192,12 +195,14 @@ def _handlers(app: FastAPI, svc: Service) -> None:
 
 
 def _routes(app: FastAPI) -> None:
+    margins = views.MarginJson()
+
     @app.get("/healthz", response_model=Health, tags=["ops"])
-    def healthz() -> Health:
+    async def healthz() -> Health:
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
-    def readyz(svc: Svc) -> Any:
+    async def readyz(svc: Svc) -> Any:
         epoch = svc.runner.current
         body = Ready(
             ready=epoch is not None,
@@ -207,7 +212,7 @@ def _routes(app: FastAPI) -> None:
         return JSONResponse(body.model_dump(), status_code=200 if epoch else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
-    def metrics(svc: Svc) -> Response:
+    async def metrics(svc: Svc) -> Response:
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
@@ -217,7 +222,7 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["margin"],
     )
-    def snapshot(svc: Svc) -> Snapshot:
+    async def snapshot(svc: Svc) -> Snapshot:
         epoch = epoch_of(svc)
         return views.snapshot_body(epoch, _info(svc, epoch))
 
@@ -228,7 +233,7 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["margin"],
     )
-    def accounts(svc: Svc) -> Accounts:
+    async def accounts(svc: Svc) -> Accounts:
         epoch = epoch_of(svc)
         return views.accounts_body(epoch, _info(svc, epoch), _reserved(svc, list(epoch.accounts)))
 
@@ -239,10 +244,11 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["margin"],
     )
-    def margin(svc: Svc, account: str) -> Margin:
+    async def margin(svc: Svc, account: str) -> Response:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
-        return views.margin_body(epoch.accounts[a], _info(svc, epoch), _reserved(svc, [a])[a])
+        body = margins.render(epoch, a, _info(svc, epoch), _reserved(svc, [a])[a])
+        return Response(body, media_type="application/json")
 
     @app.get(
         "/v1/accounts/{account}/portfolio",
@@ -251,7 +257,7 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["margin"],
     )
-    def portfolio(svc: Svc, account: str) -> Portfolio:
+    async def portfolio(svc: Svc, account: str) -> Portfolio:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
         return views.portfolio_body(epoch, a, _info(svc, epoch))
@@ -263,8 +269,10 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(require_key)],
         tags=["margin"],
     )
-    def authorizations(svc: Svc, body: AuthorizationRequest) -> Authorization:
-        return _authorize(svc, body)
+    async def authorizations(svc: Svc, body: AuthorizationRequest) -> Authorization:
+        # NumPy and the durable SQLite write off the event loop, a few threads at a time
+        # (more threads than cores only fight over the GIL)
+        return await anyio.to_thread.run_sync(_authorize, svc, body, limiter=svc.limiter)
 
     @app.post(
         "/v1/risk",

@@ -67,7 +67,7 @@ def mount_dashboard(app: FastAPI) -> None:
     cache = _ChartCache()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def dashboard(svc: Svc) -> HTMLResponse:
+    async def dashboard(svc: Svc) -> HTMLResponse:
         refresh_ms = int(max(svc.settings.epoch_interval_s, 1.0) * 1000)
         return HTMLResponse(_page().replace("__REFRESH_MS__", str(refresh_ms)))
 

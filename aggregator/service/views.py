@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
@@ -38,6 +39,40 @@ def margin_body(state: AccountState, info: dict[str, Any], reserved: float) -> M
     r["reserved"] = reserved
     r["free_margin"] = r["equity"] - r["initial_margin"] - reserved
     return Margin.model_validate({**r, "epoch": info})
+
+
+_LIVE = ("reserved", "free_margin")
+
+
+class MarginJson:
+    """The margin response as JSON bytes: everything the epoch fixed is validated against
+    :class:`Margin` and serialised once per epoch and account; a request adds only what
+    changes (the reservations made since, the free margin, the epoch's age)."""
+
+    def __init__(self) -> None:
+        self.epoch = -1
+        self.bodies: dict[str, bytes] = {}
+
+    def render(self, epoch: Epoch, account: str, info: dict[str, Any], reserved: float) -> bytes:
+        if epoch.number != self.epoch:
+            self.epoch, self.bodies = epoch.number, {}
+        body = self.bodies.get(account)
+        state = epoch.accounts[account]
+        if body is None:
+            checked = margin_body(state, info, 0.0).model_dump(mode="json")
+            fixed = {k: v for k, v in checked.items() if k not in (*_LIVE, "epoch")}
+            body = self.bodies[account] = _dumps(fixed)[:-1]
+        r = state.report
+        live = {
+            "reserved": reserved,
+            "free_margin": r["equity"] - r["initial_margin"] - reserved,
+            "epoch": info,
+        }
+        return body + b"," + _dumps(live)[1:]
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def portfolio_body(epoch: Epoch, account: str, info: dict[str, Any]) -> Portfolio:
