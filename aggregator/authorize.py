@@ -80,7 +80,8 @@ class AccountState:
     """What a decision needs about one account: the reads, the scenarios and its margin.
 
     ``exposures`` are its USD exposures per risk column, in ``scen.columns`` order (n,).
-    The CLI builds one from a fresh read (:func:`account_state`); the service from its epoch.
+    The CLI builds one from a fresh read (:func:`account_state`); the service from its epoch,
+    with ``pnl`` kept for the epoch (what-if IM then costs one pass over M values).
     """
 
     world: World
@@ -90,6 +91,14 @@ class AccountState:
     report: dict[str, Any]
     figures: MarginFigures
     exposures: np.ndarray
+    pnl: np.ndarray | None = None  # scen.returns @ exposures (M,), when already computed
+
+    def scenario_pnl(self) -> np.ndarray:
+        """The account's P&L in every scenario (M,): kept, or computed now."""
+        if self.pnl is not None:
+            return self.pnl
+        pnl: np.ndarray = self.scen.returns @ self.exposures
+        return pnl
 
 
 def account_state(cfg: OmnimarginConfig, world: World, account: str) -> AccountState:
@@ -129,7 +138,7 @@ def decide(
     if reasons:
         return refusal("; ".join(reasons), **base)
     assert price is not None and price.price is not None
-    pnl = scen.returns @ state.exposures
+    pnl = state.scenario_pnl()
     delta_usd = float(
         req.size_delta * Decimal(price.price.numerator) / Decimal(price.price.denominator)
     )

@@ -60,6 +60,7 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         read_timeout_s=settings.read_timeout_s,
         accounts={str(a) for a in cfg.accounts},
         on_epoch=metrics.on_epoch,
+        pnl_budget_mb=settings.pnl_cache_mb,
     )
     return Service(cfg, settings, runner, store, signer, executor, metrics)
 
@@ -97,6 +98,10 @@ def serve(
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         _fail(str(exc))
         return
+    from threadpoolctl import threadpool_limits
+
+    # requests run side by side on a few threads: one BLAS thread each, not one per core each
+    threadpool_limits(limits=1, user_api="blas")
     logging.getLogger("aggregator").setLevel(logging.INFO)
     s = svc.settings
     typer.echo(

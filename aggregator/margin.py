@@ -104,6 +104,14 @@ class ScenarioSet:
     def column(self, name: str) -> int:
         return self.columns.index(name)
 
+    def column_returns(self, name: str) -> np.ndarray:
+        """Returns of one column (M,), contiguous (kept: what-if IM reads it on every call)."""
+        cache: dict[str, np.ndarray] = self.__dict__.setdefault("_columns", {})
+        found = cache.get(name)
+        if found is None:
+            found = cache[name] = np.ascontiguousarray(self.returns[:, self.column(name)])
+        return found
+
     def vector(self, exposures: dict[str, Fraction]) -> np.ndarray:
         """USD exposures per column as a vector (n,) in the set's column order."""
         e = np.zeros(len(self.columns))
@@ -251,5 +259,5 @@ def im_with_position(
     pnl: np.ndarray, scen: ScenarioSet, column: str, delta_usd: float, policy: MarginPolicy
 ) -> float:
     """IM after adding ``delta_usd`` of exposure to ``column``: P&L' = P&L + r[:, i] * delta."""
-    after = pnl + scen.returns[:, scen.column(column)] * delta_usd
+    after = pnl + scen.column_returns(column) * delta_usd
     return im_value(after, policy)

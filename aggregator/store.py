@@ -158,7 +158,7 @@ class Store:
     ) -> Reservation | None:
         """Reserve ``amount_usd`` for ``account`` if ``decide`` approves, in one transaction.
 
-        Active reservations past ``valid_until`` are marked expired, then ``decide`` gets the
+        The account's reservations past ``valid_until`` are marked expired, then ``decide`` gets the
         USD the account's other active reservations hold and returns whether the new one fits
         (free margin - reserved - amount >= 0). It runs inside the write lock: keep it quick and
         do not call the store from it. On approval the account's next nonce is taken and the
@@ -173,7 +173,7 @@ class Store:
         if valid_until < now:
             raise InputError("valid_until", f"{valid_until} is before now ({now})")
         with self._transaction() as db:
-            _expire(db, now)
+            _expire(db, account, now)
             if not decide(_active_sum(db, account, now)):
                 return None
             db.execute(
@@ -319,10 +319,12 @@ def _create_schema(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-def _expire(db: sqlite3.Connection, now: int) -> None:
+def _expire(db: sqlite3.Connection, account: str, now: int) -> None:
+    """Mark ``account``'s active reservations past their validity expired (by the index)."""
     db.execute(
-        "UPDATE reservations SET state = 'expired' WHERE state = 'active' AND valid_until < ?",
-        (now,),
+        "UPDATE reservations SET state = 'expired'"
+        " WHERE account = ? AND state = 'active' AND valid_until < ?",
+        (account, now),
     )
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aggregator.errors import AggregatorError, InputError
 from aggregator.service import views
@@ -87,7 +88,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def service_of(request: Request) -> Service:
+async def service_of(request: Request) -> Service:  # async: no thread hop per request
     svc: Service = request.app.state.service
     return svc
 
@@ -108,11 +109,11 @@ def _key_ok(svc: Service, request: Request) -> None:
         raise ApiError(401, "authorization", "unknown API key")
 
 
-def require_key(svc: Svc, request: Request) -> None:
+async def require_key(svc: Svc, request: Request) -> None:
     _key_ok(svc, request)
 
 
-def read_key(svc: Svc, request: Request) -> None:
+async def read_key(svc: Svc, request: Request) -> None:
     if svc.settings.read_requires_key:
         _key_ok(svc, request)
 
@@ -180,18 +181,34 @@ def _handlers(app: FastAPI, svc: Service) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, "path", str(exc.detail))
 
-    @app.middleware("http")
-    async def timing(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    app.add_middleware(_Timing, metrics=svc.metrics)
+
+
+class _Timing:
+    """Request latency by route template and status class (a plain ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        svc.metrics.latency.labels(
-            path, request.method, f"{response.status_code // 100}xx"
-        ).observe(time.perf_counter() - start)
-        return response
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.latency.labels(route, scope["method"], f"{status[0] // 100}xx").observe(
+                time.perf_counter() - start
+            )
 
 
 def _routes(app: FastAPI) -> None:

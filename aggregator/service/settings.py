@@ -36,6 +36,7 @@ class ServiceSettings(BaseSettings):
     watch_new_accounts: bool = True
     max_accounts: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_risk_scenarios: Annotated[int, Field(ge=1000, le=10_000_000)] = 1_000_000
+    pnl_cache_mb: Annotated[float, Field(ge=0, le=1_000_000)] = 1024.0
 
     def api_key_bytes(self) -> list[bytes]:
         """Every accepted API key (config list and the named environment variable)."""
