@@ -212,8 +212,6 @@ class _Timing:
 
 
 def _routes(app: FastAPI) -> None:
-    margins = views.MarginJson()
-
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
         return Health(status="ok")
@@ -264,7 +262,12 @@ def _routes(app: FastAPI) -> None:
     async def margin(svc: Svc, account: str) -> Response:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
-        body = margins.render(epoch, a, _info(svc, epoch), _reserved(svc, [a])[a])
+        body = views.live_margin_json(
+            epoch.margin_json[a],
+            epoch.accounts[a].report,
+            _info(svc, epoch),
+            _reserved(svc, [a])[a],
+        )
         return Response(body, media_type="application/json")
 
     @app.get(

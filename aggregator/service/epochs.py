@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import multiprocessing
@@ -43,6 +44,7 @@ from aggregator.authorize import AccountState, consumed_nonces
 from aggregator.errors import AggregatorError
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, TailFigures, figures_of
 from aggregator.portfolio import Portfolio
+from aggregator.service.views import fixed_margin_json
 from aggregator.store import Reservation, Store
 from aggregator.valuation import value_portfolio
 from aggregator.world import World, read_world
@@ -64,7 +66,8 @@ class Epoch:
     finished_at: float
     world: World
     scen: ScenarioSet
-    accounts: dict[str, AccountState]
+    accounts: dict[str, AccountState]  # their ``report`` is the summary (no lines)
+    margin_json: dict[str, bytes]  # the margin responses, but the live fields
     portfolios: dict[str, tuple[dict[str, str], dict[str, float]]]  # quantities, USD exposures
     read_s: float
     compute_s: float
@@ -103,9 +106,14 @@ class ExecutorSpec:
 
 @dataclass(frozen=True)
 class AccountResult:
-    """One account's figures from the epoch worker (no scenario arrays: the server has them)."""
+    """One account's figures from the epoch worker (no scenario arrays: the server has them).
 
-    report: dict[str, Any]
+    ``summary`` is the margin report without its lines and snapshot; ``margin_json`` the whole
+    margin response but the live fields, already checked and serialised (few objects to
+    unpickle, none for the cyclic GC to walk)."""
+
+    summary: dict[str, Any]
+    margin_json: bytes
     figures: MarginFigures
     exposures: np.ndarray  # (n,) USD per risk column, in the model's column order
     quantities: dict[str, str]  # canonical asset -> exact decimal
@@ -195,8 +203,14 @@ def compute_accounts(
             account_reasons(world, name),
         )
         report = report_json(world, pf, figures, policy, model_hash)
+        summary = {k: v for k, v in report.items() if k not in ("positions", "snapshot")}
         out[name] = AccountResult(
-            report, figures, E[:, i].copy(), _quantities(pf), _usd(val.exposures)
+            summary,
+            fixed_margin_json(report),
+            figures,
+            E[:, i].copy(),
+            _quantities(pf),
+            _usd(val.exposures),
         )
     return out
 
@@ -320,7 +334,6 @@ class EpochRunner:
     _number: int = 0
     _wake: asyncio.Event | None = None
     _pool: ProcessPoolExecutor | None = None
-    _keeping: asyncio.Task[int] | None = None
 
     def watch(self, account: str) -> None:
         if account not in self.accounts:
@@ -367,7 +380,9 @@ class EpochRunner:
                 f"epoch worker calibrated model {result.model_hash}, the server {model.hash}"
             )
         states = {
-            a: AccountState(result.world, model.scen, policy, ttl, r.report, r.figures, r.exposures)
+            a: AccountState(
+                result.world, model.scen, policy, ttl, r.summary, r.figures, r.exposures
+            )
             for a, r in result.accounts.items()
         }
         self._number += 1
@@ -378,14 +393,17 @@ class EpochRunner:
             result.world,
             model.scen,
             states,
+            {a: r.margin_json for a, r in result.accounts.items()},
             {a: (r.quantities, r.exposures_usd) for a, r in result.accounts.items()},
             result.read_s,
             result.compute_s,
         )
+        # the P&L before the swap: no request of this epoch pays for the matrix product
+        await asyncio.to_thread(keep_pnl, epoch, self.pnl_budget_mb * 2**20)
         self.current = epoch  # one reference swap: readers see the old or the new epoch
-        self._keeping = asyncio.create_task(
-            asyncio.to_thread(keep_pnl, epoch, self.pnl_budget_mb * 2**20)
-        )
+        # the epoch's objects out of the cyclic GC's way: no full collection walks them during
+        # requests (they hold no cycles; reference counting frees them with the epoch)
+        gc.freeze()
         self.last_error = None
         if self.on_epoch is not None:
             self.on_epoch(epoch)

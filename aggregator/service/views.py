@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
 from aggregator.authorize import AccountState
 from aggregator.portfolio_file import PortfolioFile, decode_json, parse_portfolio
 from aggregator.risk import RiskOptions, run_portfolio_risk
-from aggregator.service.epochs import Epoch
 from aggregator.service.schemas import (
     Accounts,
     AccountSummary,
@@ -23,6 +22,9 @@ from aggregator.service.schemas import (
     Snapshot,
 )
 from montecarlo.engine import Executor
+
+if TYPE_CHECKING:
+    from aggregator.service.epochs import Epoch
 
 RISK_BODY: dict[str, Any] = {
     "requestBody": {
@@ -41,34 +43,36 @@ def margin_body(state: AccountState, info: dict[str, Any], reserved: float) -> M
     return Margin.model_validate({**r, "epoch": info})
 
 
-_LIVE = ("reserved", "free_margin")
+_LIVE = ("reserved", "free_margin", "epoch")
+_PLACEHOLDER_EPOCH = {
+    "number": 0,
+    "snapshot_hash": "0x" + "00" * 32,
+    "blocks": {},
+    "taken_at": 0.0,
+    "age_s": 0.0,
+    "stale": False,
+}
 
 
-class MarginJson:
-    """The margin response as JSON bytes: everything the epoch fixed is validated against
-    :class:`Margin` and serialised once per epoch and account; a request adds only what
-    changes (the reservations made since, the free margin, the epoch's age)."""
+def fixed_margin_json(report: dict[str, Any]) -> bytes:
+    """The part of the margin response an epoch fixes, checked against :class:`Margin` and
+    serialised, without its closing brace (a request appends the live fields)."""
+    checked = Margin.model_validate(
+        {**report, "reserved": 0.0, "free_margin": 0.0, "epoch": _PLACEHOLDER_EPOCH}
+    ).model_dump(mode="json")
+    return _dumps({k: v for k, v in checked.items() if k not in _LIVE})[:-1]
 
-    def __init__(self) -> None:
-        self.epoch = -1
-        self.bodies: dict[str, bytes] = {}
 
-    def render(self, epoch: Epoch, account: str, info: dict[str, Any], reserved: float) -> bytes:
-        if epoch.number != self.epoch:
-            self.epoch, self.bodies = epoch.number, {}
-        body = self.bodies.get(account)
-        state = epoch.accounts[account]
-        if body is None:
-            checked = margin_body(state, info, 0.0).model_dump(mode="json")
-            fixed = {k: v for k, v in checked.items() if k not in (*_LIVE, "epoch")}
-            body = self.bodies[account] = _dumps(fixed)[:-1]
-        r = state.report
-        live = {
-            "reserved": reserved,
-            "free_margin": r["equity"] - r["initial_margin"] - reserved,
-            "epoch": info,
-        }
-        return body + b"," + _dumps(live)[1:]
+def live_margin_json(
+    fixed: bytes, summary: dict[str, Any], info: dict[str, Any], reserved: float
+) -> bytes:
+    """The margin response: the epoch's part, the reservations made since, the epoch."""
+    live = {
+        "reserved": reserved,
+        "free_margin": summary["equity"] - summary["initial_margin"] - reserved,
+        "epoch": info,
+    }
+    return fixed + b"," + _dumps(live)[1:]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -78,11 +82,12 @@ def _dumps(obj: Any) -> bytes:
 def portfolio_body(epoch: Epoch, account: str, info: dict[str, Any]) -> Portfolio:
     state = epoch.accounts[account]
     quantities, exposures = epoch.portfolios[account]
+    positions = json.loads(epoch.margin_json[account] + b"}")["positions"]
     return Portfolio(
         account=account,
         quantities=quantities,
         exposures_usd=exposures,
-        positions=state.report["positions"],
+        positions=positions,
         status=state.report["status"],
         reasons=state.report["reasons"],
         snapshot_hash=state.report["snapshot_hash"],

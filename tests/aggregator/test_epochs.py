@@ -62,7 +62,8 @@ def test_ray_epochs_equal_local_ones(runner: EpochRunner, ray_cluster: Any) -> N
         ray.close()
     assert len(local) == len(cfg.accounts) >= 3
     for a in cfg.accounts:
-        assert remote[a].report == local[a].report  # bit for bit
+        assert remote[a].summary == local[a].summary  # bit for bit
+        assert remote[a].margin_json == local[a].margin_json
         assert np.array_equal(remote[a].exposures, local[a].exposures)
 
 
