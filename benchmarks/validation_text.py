@@ -105,8 +105,8 @@ REASONS = {
         "250-day window. The Gaussian model under-forecasts (about twice the expected "
         "exceptions, red windows, every Z2 rejected): it should not be the margin model. "
         "Student-t with 5 degrees of freedom is close behind FHS on VaR but its ES is still "
-        "too low on single assets. Clustering (Christoffersen) is rejected only on ETH, where "
-        "the exceptions of 2024-2025 bunch together for every model.",
+        "too low on single assets. Clustering (Christoffersen's test) is rejected at 5 % only on "
+        "ETH (Student-t and FHS).",
         "",
         "No model covers the extreme days: on 2020-03-12 BTC fell 37 % against one-day VaRs of "
         "7-9 %, and the LUNA and FTX days exceeded every model's VaR. The USDC depeg "
