@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         "backtests_s": round(backtest_s, 1),
         "convergence_s": round(time.perf_counter() - conv_started, 1),
         "workers": args.workers,
+        "runs": sum(len(m) for m in results.values()),
         "days": sum(r["observations"] for m in results.values() for r in m.values()),
     }
     write_doc(args.docs, results, convergence, timings, SUPPLEMENTARY)

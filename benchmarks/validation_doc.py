@@ -211,7 +211,8 @@ def write_doc(
         *convergence_section(cases, out),
         "## Run",
         "",
-        f"{timings['days']:,} forecast days (15 backtests) in {timings['backtests_s']} s on "
+        f"{timings['days']:,} forecast days ({timings['runs']} backtests) in "
+        f"{timings['backtests_s']} s on "
         f"{timings['workers']} worker processes ({per_day_ms:.1f} ms per day and core: "
         "calibration, 20,000 scenarios, VaR/ES), convergence study "
         f"{timings['convergence_s']} s; {platform.processor() or platform.machine()}, "

@@ -109,9 +109,10 @@ REASONS = {
         "ETH (Student-t and FHS).",
         "",
         "No model covers the extreme days: on 2020-03-12 BTC fell 37 % against one-day VaRs of "
-        "7-9 %, and the LUNA and FTX days exceeded every model's VaR. The USDC depeg "
-        "(2023-03-11, USDC -2.8 %) is invisible to any model fitted to a stablecoin's calm "
-        "history (see `USDC alone`): that is the job of the depeg jump overlay (DESIGN.md, "
+        "7-9 %, and the worst LUNA and FTX days exceeded every model's VaR on every portfolio with "
+        "crypto exposure. The USDC depeg (2023-03-11, USDC -2.8 %) is invisible to any model "
+        "fitted to a stablecoin's calm history (`USDC alone`: a 28,000 USD loss against VaRs "
+        "near 500 USD): that is the job of the depeg jump overlay (DESIGN.md, "
         "jumps), which a diffusion backtest does not exercise. Margins should add it on top "
         "of the FHS figure.",
     ],

@@ -110,6 +110,16 @@ def test_christoffersen_edge_cases_are_finite(hits: list[int], lr: float) -> Non
     assert 0.0 <= r.pvalue <= 1.0
 
 
+@settings(max_examples=60, deadline=None)
+@given(hits=st.lists(st.integers(0, 1), max_size=400))
+def test_christoffersen_is_finite_for_any_sequence(hits: list[int]) -> None:
+    r = christoffersen_independence(hits)
+    assert math.isfinite(r.statistic) and r.statistic >= 0.0
+    assert 0.0 <= r.pvalue <= 1.0
+    if len(hits) >= 2:
+        assert sum(transition_counts(hits)) == len(hits) - 1
+
+
 def test_conditional_coverage_is_the_sum_with_two_dof() -> None:
     hits = [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
     cc = conditional_coverage(hits, 0.9)
