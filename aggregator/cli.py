@@ -18,6 +18,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 from typer.exceptions import TyperException
 
+from aggregator.cli_backtest import backtest_command
 from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
 from aggregator.cli_margin import authorize_command
@@ -232,6 +233,7 @@ app.command(name="margin", cls=OneLineErrors)(margin_command)
 app.command(name="authorize", cls=OneLineErrors)(authorize_command)
 app.command(name="serve", cls=OneLineErrors)(serve_command)
 app.command(name="report", cls=OneLineErrors)(report_command)
+app.command(name="backtest", cls=OneLineErrors)(backtest_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
