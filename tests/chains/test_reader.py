@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,10 +13,9 @@ from eth_utils import to_checksum_address
 
 from chains.config import OmnimarginConfig, parse_config
 from chains.devnet_control import set_feed, set_sequencer
-from chains.devnet_nodes import anvil_binary, free_ports, nodes_of, read_state, stop_node
 from chains.multicall import calldata
 from chains.reader import ChainReader, snapshot_all
-from chains.rpc import ChainClient, as_int
+from chains.rpc import as_int
 from chains.types import ChainSnapshot, ChainStatus, FeedStatus, SourceKind
 
 ETH_CHAIN, ARB_CHAIN, BASE_CHAIN = 31337001, 31337002, 31337003
@@ -100,95 +97,10 @@ def test_a_snapshot_reads_one_pinned_block(own: OmnimarginConfig) -> None:
     assert after.block_number == head
 
 
-def test_a_dead_endpoint_is_failed_over(devnet) -> None:  # type: ignore[no-untyped-def]
-    live = devnet.config.chain(ETH_CHAIN).rpc_urls[0]
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[dead, live], retries=1, backoff_s=0.01)
-    snap = _snap(cfg)[ETH_CHAIN]
-    assert snap.status is ChainStatus.OK and not snap.errors
-    assert _amount(snap, cfg.accounts[0], "WETH", SourceKind.VAULT) == 12_345678901234567891
-
-
-def test_only_dead_endpoints_make_the_chain_unavailable_not_empty(devnet) -> None:  # type: ignore[no-untyped-def]
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-    cfg = _edited(devnet.config, ARB_CHAIN, rpc_urls=[dead], retries=1, backoff_s=0.01)
-    snaps = _snap(cfg)
-    assert snaps[ARB_CHAIN].status is ChainStatus.UNAVAILABLE
-    assert snaps[ARB_CHAIN].balances == () and "no endpoint answered" in snaps[ARB_CHAIN].errors[0]
-    assert snaps[ETH_CHAIN].ok and snaps[BASE_CHAIN].ok
-
-
-@pytest.fixture
-def impostor(devnet) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A second anvil claiming chain 1's id, with blocks of its own."""
-    port = free_ports(1)[0]
-    proc = subprocess.Popen(
-        [anvil_binary(), "--port", str(port), "--chain-id", str(ETH_CHAIN), "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        client = ChainClient(devnet.config.chain(ETH_CHAIN).model_copy(update={"rpc_urls": [url]}))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                asyncio.run(_mine(client, 200))
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-async def _mine(client: ChainClient, blocks: int) -> None:
-    try:
-        await client.call("anvil_mine", [hex(blocks)])
-    finally:
-        await client.close()
-
-
-def test_endpoints_that_disagree_on_the_block_hash_refuse_the_chain(devnet, impostor: str) -> None:  # type: ignore[no-untyped-def]
-    live = devnet.config.chain(ETH_CHAIN).rpc_urls[0]
-    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[live, impostor])
-    snap = _snap(cfg)[ETH_CHAIN]
-    assert snap.status is ChainStatus.UNAVAILABLE
-    assert "disagree" in snap.errors[0] and snap.balances == ()
-
-
-def test_an_endpoint_of_another_chain_is_refused(devnet) -> None:  # type: ignore[no-untyped-def]
-    other = devnet.config.chain(ARB_CHAIN).rpc_urls[0]
-    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[other])
-    snap = _snap(cfg)[ETH_CHAIN]
-    assert snap.status is ChainStatus.UNAVAILABLE and "serves chain id 31337002" in snap.errors[0]
-
-
 def test_multicall3_with_other_code_refuses_the_chain(devnet) -> None:  # type: ignore[no-untyped-def]
     cfg = _edited(devnet.config, BASE_CHAIN, multicall3_codehash="0x" + "ab" * 32)
     snap = _snap(cfg)[BASE_CHAIN]
     assert snap.status is ChainStatus.UNAVAILABLE and "holds other code" in snap.errors[0]
-
-
-def test_a_stopped_chain_is_unavailable_while_the_others_are_read(devnet_factory) -> None:  # type: ignore[no-untyped-def]
-    from chains.config import load_config
-
-    info = devnet_factory(3)
-    cfg = load_config(info.config_path)
-    state = read_state(info.directory)
-    assert state is not None
-    victim = next(n for n in nodes_of(state) if n.chain_id == ARB_CHAIN)
-    assert stop_node(victim)
-    snaps = _snap(_edited(cfg, ARB_CHAIN, retries=1, backoff_s=0.01))
-    assert snaps[ARB_CHAIN].status is ChainStatus.UNAVAILABLE and snaps[ARB_CHAIN].errors
-    assert snaps[ETH_CHAIN].ok and snaps[BASE_CHAIN].ok
-    assert (
-        _amount(snaps[ETH_CHAIN], cfg.accounts[0], "WETH", SourceKind.VAULT)
-        == 12_345678901234567891
-    )
 
 
 def _feed_status(cfg: OmnimarginConfig, chain_id: int, asset: str) -> tuple[FeedStatus, str]:
