@@ -116,6 +116,9 @@ async def read_world(
         await asyncio.gather(*(r.client.close() for r in readers.values()), return_exceptions=True)
     holdings = build_holdings(snaps, reads, config, accounts)
     reasons = [unavailable_reason(s) for s in snaps if not s.ok]
+    # reads that failed on a chain that answered (a reverting vault, a token without code, a
+    # market whose positions cannot be read): what they hide could be a loss, so no new risk
+    reasons.extend(f"chain {s.name} ({s.chain_id}): {e}" for s in snaps if s.ok for e in s.errors)
     for read in reads:
         reasons.extend(read.reasons)
     return World(

@@ -26,8 +26,8 @@ class Row:
 
     family: str
     fault: str
-    injected: str
-    behaviour: str
+    injected: list[str]  # one text per distinct injection (several tests may share a row)
+    behaviour: list[str]
     cases: int = 0
     wrong: int = 0
     tests: list[str] = field(default_factory=list)
@@ -78,11 +78,11 @@ class Recorder:
         """Add ``cases`` tried and ``wrong`` wrong results to the row ``family/fault``."""
         if cases <= 0 or wrong < 0 or wrong > cases:
             raise ValueError(f"{family}/{fault}: cases {cases}, wrong {wrong}")
-        row = self.rows.setdefault(f"{family}/{fault}", Row(family, fault, injected, behaviour))
-        if injected not in row.injected.split("; "):
-            row.injected += "; " + injected
-        if behaviour not in row.behaviour.split("; "):
-            row.behaviour += "; " + behaviour
+        row = self.rows.setdefault(f"{family}/{fault}", Row(family, fault, [], []))
+        if injected not in row.injected:
+            row.injected.append(injected)
+        if behaviour not in row.behaviour:
+            row.behaviour.append(behaviour)
         row.cases += cases
         row.wrong += wrong
         if test and test not in row.tests:
@@ -107,7 +107,8 @@ class Recorder:
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
         for key, row in self.rows.items():
-            runs[key] = asdict(row) | stamp
+            texts = {"injected": "; ".join(row.injected), "behaviour": "; ".join(row.behaviour)}
+            runs[key] = asdict(row) | texts | stamp
         path.parent.mkdir(parents=True, exist_ok=True)
         ordered = [runs[k] for k in sorted(runs)]
         path.write_text(json.dumps(ordered, indent=1) + "\n")

@@ -1,18 +1,16 @@
-"""The chain reader against real anvil nodes: exact balances, pinning, failover, disagreement,
-stopped chains and every oracle state."""
+"""The chain reader against real anvil nodes: exact balances, pinning, the snapshot CLI (the
+faults: tests/faults)."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from eth_utils import to_checksum_address
 
 from chains.config import OmnimarginConfig, parse_config
-from chains.devnet_control import set_feed, set_sequencer
 from chains.multicall import calldata
 from chains.reader import ChainReader, snapshot_all
 from chains.rpc import as_int
@@ -95,72 +93,6 @@ def test_a_snapshot_reads_one_pinned_block(own: OmnimarginConfig) -> None:
     assert _amount(at_pin, a1, "WETH", SourceKind.ERC20_WALLET) == 5 * 10**17
     assert _amount(after, a1, "WETH", SourceKind.ERC20_WALLET) == 4 * 10**17
     assert after.block_number == head
-
-
-def test_multicall3_with_other_code_refuses_the_chain(devnet) -> None:  # type: ignore[no-untyped-def]
-    cfg = _edited(devnet.config, BASE_CHAIN, multicall3_codehash="0x" + "ab" * 32)
-    snap = _snap(cfg)[BASE_CHAIN]
-    assert snap.status is ChainStatus.UNAVAILABLE and "holds other code" in snap.errors[0]
-
-
-def _feed_status(cfg: OmnimarginConfig, chain_id: int, asset: str) -> tuple[FeedStatus, str]:
-    snap = _snap(cfg)[chain_id]
-    (p,) = [p for p in snap.prices if p.asset == asset]
-    return p.status, p.reason
-
-
-def _now(cfg: OmnimarginConfig, chain_id: int) -> int:
-    snap = _snap(cfg)[chain_id]
-    assert snap.timestamp is not None
-    return snap.timestamp
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "status"),
-    [
-        ({"answer": 0}, FeedStatus.INVALID),
-        ({"answer": -250_000_000_000}, FeedStatus.INVALID),
-        ({"answer": 3_000 * 10**8, "updated_at": "future"}, FeedStatus.INVALID),
-        ({"answer": 3_000 * 10**8, "updated_at": 0}, FeedStatus.INVALID),
-        ({"answer": 3_000 * 10**8, "updated_at": "stale"}, FeedStatus.STALE),
-        ({"price": Decimal("5")}, FeedStatus.OUT_OF_BOUNDS),
-        ({"price": Decimal("250000")}, FeedStatus.OUT_OF_BOUNDS),
-        ({"price": Decimal("3000")}, FeedStatus.OK),
-    ],
-)
-def test_feed_states_come_back_with_their_status(
-    own: OmnimarginConfig, kwargs: dict, status: FeedStatus
-) -> None:  # type: ignore[type-arg]
-    now = _now(own, ETH_CHAIN)
-    when = {"future": now + 3600, "stale": now - 100_000}
-    args = {k: when.get(v, v) if k == "updated_at" else v for k, v in kwargs.items()}
-    try:
-        asyncio.run(set_feed(own, ETH_CHAIN, "ETH", **args))
-        got, reason = _feed_status(own, ETH_CHAIN, "ETH")
-        assert got is status, reason
-        # the other feeds of the chain are untouched
-        others = [p.status for p in _snap(own)[ETH_CHAIN].prices if p.asset != "ETH"]
-        assert set(others) == {FeedStatus.OK}
-    finally:
-        asyncio.run(set_feed(own, ETH_CHAIN, "ETH", price=Decimal("2589.82")))
-
-
-def test_sequencer_down_and_grace_period(own: OmnimarginConfig) -> None:
-    now = _now(own, ARB_CHAIN)
-    try:
-        asyncio.run(set_sequencer(own, ARB_CHAIN, up=False, since=now - 10))
-        snap = _snap(own)[ARB_CHAIN]
-        assert snap.sequencer is not None and not snap.sequencer.up
-        assert {p.status for p in snap.prices} == {FeedStatus.SEQUENCER_DOWN}
-        asyncio.run(set_sequencer(own, ARB_CHAIN, up=True, since=now - 60))  # back, inside grace
-        snap = _snap(own)[ARB_CHAIN]
-        assert snap.sequencer is not None and snap.sequencer.up
-        assert {p.status for p in snap.prices} == {FeedStatus.SEQUENCER_DOWN}
-        assert "grace" in snap.prices[0].reason
-        assert {p.status for p in _snap(own)[ETH_CHAIN].prices} == {FeedStatus.OK}  # L1 unaffected
-    finally:
-        asyncio.run(set_sequencer(own, ARB_CHAIN, up=True, since=now - 7200))
-    assert {p.status for p in _snap(own)[ARB_CHAIN].prices} == {FeedStatus.OK}
 
 
 def test_snapshot_cli_prints_json_with_raw_integer_strings(devnet) -> None:  # type: ignore[no-untyped-def]
