@@ -166,6 +166,9 @@ def load_venues(path: Path) -> list[Line]:
         data = decode_json(path.read_text(), "venues")
     except OSError as exc:
         raise InputError("venues", f"cannot read {path} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise InputError("venues", reason) from None
     if not isinstance(data, list):
         raise InputError("venues", "must be a JSON list of {venue, account, asset, quantity}")
     out = []

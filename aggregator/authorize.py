@@ -26,7 +26,7 @@ from aggregator.errors import InputError
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, im_with_position
 from aggregator.store import Reservation, Store
 from aggregator.valuation import value_portfolio
-from aggregator.world import World, read_world
+from aggregator.world import World, orphaned_reasons, read_world
 from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from chains.multicall import address_word, selector, word_uint
@@ -240,9 +240,11 @@ def settle(cfg: OmnimarginConfig, store: Store, account: str) -> int:
 def authorize(
     cfg: OmnimarginConfig, req: Request, store: Store, key: LocalAccount
 ) -> dict[str, Any]:
-    """Settle filled reservations, read every chain now, then decide."""
+    """Settle filled reservations, read every chain now, then decide (refused if a chain
+    reorganised past its pinned block meanwhile)."""
     check_request(cfg, req)
     settle(cfg, store, req.account)
     policy, _ = policy_of(cfg)
     world = asyncio.run(read_world(cfg, [req.account], tolerance=policy.price_tolerance))
-    return decide(cfg, account_state(cfg, world, req.account), req, store, key)
+    reorged = asyncio.run(orphaned_reasons(world))
+    return decide(cfg, account_state(cfg, world, req.account), req, store, key, reorged)

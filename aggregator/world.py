@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from eth_utils.crypto import keccak
+from web3.exceptions import Web3Exception
 
 from aggregator.prices import AssetPrice, price_assets
 from bridge_adapters.holdings import Holdings, build_holdings
@@ -20,6 +21,7 @@ from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from chains.inflight import InflightRead, read_inflight
 from chains.reader import ChainReader, PinnedBlock
+from chains.rpc import ChainClient, as_hash
 from chains.types import ChainId, ChainSnapshot, ChainStatus, FeedStatus
 
 
@@ -114,6 +116,9 @@ async def read_world(
         await asyncio.gather(*(r.client.close() for r in readers.values()), return_exceptions=True)
     holdings = build_holdings(snaps, reads, config, accounts)
     reasons = [unavailable_reason(s) for s in snaps if not s.ok]
+    # reads that failed on a chain that answered (a reverting vault, a token without code, a
+    # market whose positions cannot be read): what they hide could be a loss, so no new risk
+    reasons.extend(f"chain {s.name} ({s.chain_id}): {e}" for s in snaps if s.ok for e in s.errors)
     for read in reads:
         reasons.extend(read.reasons)
     return World(
@@ -124,3 +129,34 @@ async def read_world(
         price_assets(snaps, tolerance),
         tuple(reasons),
     )
+
+
+async def orphaned_reasons(world: World, timeout_s: float = 10.0) -> tuple[str, ...]:
+    """Why the reads of ``world`` no longer stand: a chain whose pinned block is not canonical
+    any more (a reorg since the read), or that cannot be asked. Empty when every block read is
+    still canonical. One ``eth_getBlockByNumber`` per chain read."""
+
+    async def one(snap: ChainSnapshot) -> str:
+        where = f"chain {snap.name} ({snap.chain_id})"
+        client = ChainClient(world.config.chain(snap.chain_id))
+        try:
+            block = await asyncio.wait_for(
+                client.call("eth_getBlockByNumber", [hex(snap.block_number or 0), False]),
+                timeout_s,
+            )
+        except (ChainError, Web3Exception, OSError, TimeoutError) as exc:
+            return (
+                f"{where}: cannot check that block {snap.block_number} is still canonical ({exc})"
+            )
+        finally:
+            await client.close()
+        now = as_hash(block["hash"]) if block else None
+        if now == snap.block_hash:
+            return ""
+        return (
+            f"{where}: block {snap.block_number} {snap.block_hash} is no longer canonical "
+            f"(reorg since the read; now {now})"
+        )
+
+    reasons = await asyncio.gather(*(one(s) for s in world.snapshots if s.ok))
+    return tuple(r for r in reasons if r)

@@ -364,6 +364,10 @@ def load_config(path: Path) -> OmnimarginConfig:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([f"config: cannot read {path} ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"config: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"]
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

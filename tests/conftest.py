@@ -21,6 +21,7 @@ from chains.config import OmnimarginConfig, load_config
 from chains.devnet import DevnetInfo, History, devnet_down, devnet_up
 from chains.devnet_nodes import anvil_binary, free_ports
 from chains.errors import DevnetError
+from tests.reliability import ForTest, Recorder
 
 # the real daily closes shipped in aggregator/data/prices, last five days
 HISTORY: History = {a: days[-5:] for a, days in replay_history().items()}
@@ -95,3 +96,18 @@ def service(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def reliability_run() -> Iterator[Recorder]:
+    """The fault suite's counts, written to build/reliability.json at the end of the run."""
+    recorder = Recorder()
+    yield recorder
+    recorder.write()
+
+
+@pytest.fixture
+def reliability(reliability_run: Recorder, request: pytest.FixtureRequest) -> ForTest:
+    """``reliability.record(family, fault, injected, behaviour, cases, wrong)``: one row of
+    docs/RELIABILITY.md (tests/reliability.py)."""
+    return reliability_run.for_test(request.node.nodeid)

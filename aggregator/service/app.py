@@ -44,6 +44,7 @@ from aggregator.service.schemas import (
 )
 from aggregator.service.settings import ServiceSettings
 from aggregator.store import Store
+from aggregator.world import orphaned_reasons
 from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from montecarlo import MonteCarloError
@@ -352,8 +353,12 @@ def _authorize(svc: Service, body: AuthorizationRequest) -> Authorization:
         if info["stale"]
         else ()
     )
+    # the epoch was read before now: a reorg since then must not be signed over
+    reorged = asyncio.run(orphaned_reasons(epoch.world))
     try:
-        decision = decide(svc.cfg, epoch.accounts[account], req, svc.store, svc.signer, stale)
+        decision = decide(
+            svc.cfg, epoch.accounts[account], req, svc.store, svc.signer, (*stale, *reorged)
+        )
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         raise ApiError(400, "authorization", str(exc)) from None
     svc.metrics.authorizations.labels("approved" if decision["approved"] else "refused").inc()

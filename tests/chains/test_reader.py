@@ -1,24 +1,19 @@
-"""The chain reader against real anvil nodes: exact balances, pinning, failover, disagreement,
-stopped chains and every oracle state."""
+"""The chain reader against real anvil nodes: exact balances, pinning, the snapshot CLI (the
+faults: tests/faults)."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
-from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from eth_utils import to_checksum_address
 
 from chains.config import OmnimarginConfig, parse_config
-from chains.devnet_control import set_feed, set_sequencer
-from chains.devnet_nodes import anvil_binary, free_ports, nodes_of, read_state, stop_node
 from chains.multicall import calldata
 from chains.reader import ChainReader, snapshot_all
-from chains.rpc import ChainClient, as_int
+from chains.rpc import as_int
 from chains.types import ChainSnapshot, ChainStatus, FeedStatus, SourceKind
 
 ETH_CHAIN, ARB_CHAIN, BASE_CHAIN = 31337001, 31337002, 31337003
@@ -98,157 +93,6 @@ def test_a_snapshot_reads_one_pinned_block(own: OmnimarginConfig) -> None:
     assert _amount(at_pin, a1, "WETH", SourceKind.ERC20_WALLET) == 5 * 10**17
     assert _amount(after, a1, "WETH", SourceKind.ERC20_WALLET) == 4 * 10**17
     assert after.block_number == head
-
-
-def test_a_dead_endpoint_is_failed_over(devnet) -> None:  # type: ignore[no-untyped-def]
-    live = devnet.config.chain(ETH_CHAIN).rpc_urls[0]
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[dead, live], retries=1, backoff_s=0.01)
-    snap = _snap(cfg)[ETH_CHAIN]
-    assert snap.status is ChainStatus.OK and not snap.errors
-    assert _amount(snap, cfg.accounts[0], "WETH", SourceKind.VAULT) == 12_345678901234567891
-
-
-def test_only_dead_endpoints_make_the_chain_unavailable_not_empty(devnet) -> None:  # type: ignore[no-untyped-def]
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
-    cfg = _edited(devnet.config, ARB_CHAIN, rpc_urls=[dead], retries=1, backoff_s=0.01)
-    snaps = _snap(cfg)
-    assert snaps[ARB_CHAIN].status is ChainStatus.UNAVAILABLE
-    assert snaps[ARB_CHAIN].balances == () and "no endpoint answered" in snaps[ARB_CHAIN].errors[0]
-    assert snaps[ETH_CHAIN].ok and snaps[BASE_CHAIN].ok
-
-
-@pytest.fixture
-def impostor(devnet) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A second anvil claiming chain 1's id, with blocks of its own."""
-    port = free_ports(1)[0]
-    proc = subprocess.Popen(
-        [anvil_binary(), "--port", str(port), "--chain-id", str(ETH_CHAIN), "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        client = ChainClient(devnet.config.chain(ETH_CHAIN).model_copy(update={"rpc_urls": [url]}))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                asyncio.run(_mine(client, 200))
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-async def _mine(client: ChainClient, blocks: int) -> None:
-    try:
-        await client.call("anvil_mine", [hex(blocks)])
-    finally:
-        await client.close()
-
-
-def test_endpoints_that_disagree_on_the_block_hash_refuse_the_chain(devnet, impostor: str) -> None:  # type: ignore[no-untyped-def]
-    live = devnet.config.chain(ETH_CHAIN).rpc_urls[0]
-    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[live, impostor])
-    snap = _snap(cfg)[ETH_CHAIN]
-    assert snap.status is ChainStatus.UNAVAILABLE
-    assert "disagree" in snap.errors[0] and snap.balances == ()
-
-
-def test_an_endpoint_of_another_chain_is_refused(devnet) -> None:  # type: ignore[no-untyped-def]
-    other = devnet.config.chain(ARB_CHAIN).rpc_urls[0]
-    cfg = _edited(devnet.config, ETH_CHAIN, rpc_urls=[other])
-    snap = _snap(cfg)[ETH_CHAIN]
-    assert snap.status is ChainStatus.UNAVAILABLE and "serves chain id 31337002" in snap.errors[0]
-
-
-def test_multicall3_with_other_code_refuses_the_chain(devnet) -> None:  # type: ignore[no-untyped-def]
-    cfg = _edited(devnet.config, BASE_CHAIN, multicall3_codehash="0x" + "ab" * 32)
-    snap = _snap(cfg)[BASE_CHAIN]
-    assert snap.status is ChainStatus.UNAVAILABLE and "holds other code" in snap.errors[0]
-
-
-def test_a_stopped_chain_is_unavailable_while_the_others_are_read(devnet_factory) -> None:  # type: ignore[no-untyped-def]
-    from chains.config import load_config
-
-    info = devnet_factory(3)
-    cfg = load_config(info.config_path)
-    state = read_state(info.directory)
-    assert state is not None
-    victim = next(n for n in nodes_of(state) if n.chain_id == ARB_CHAIN)
-    assert stop_node(victim)
-    snaps = _snap(_edited(cfg, ARB_CHAIN, retries=1, backoff_s=0.01))
-    assert snaps[ARB_CHAIN].status is ChainStatus.UNAVAILABLE and snaps[ARB_CHAIN].errors
-    assert snaps[ETH_CHAIN].ok and snaps[BASE_CHAIN].ok
-    assert (
-        _amount(snaps[ETH_CHAIN], cfg.accounts[0], "WETH", SourceKind.VAULT)
-        == 12_345678901234567891
-    )
-
-
-def _feed_status(cfg: OmnimarginConfig, chain_id: int, asset: str) -> tuple[FeedStatus, str]:
-    snap = _snap(cfg)[chain_id]
-    (p,) = [p for p in snap.prices if p.asset == asset]
-    return p.status, p.reason
-
-
-def _now(cfg: OmnimarginConfig, chain_id: int) -> int:
-    snap = _snap(cfg)[chain_id]
-    assert snap.timestamp is not None
-    return snap.timestamp
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "status"),
-    [
-        ({"answer": 0}, FeedStatus.INVALID),
-        ({"answer": -250_000_000_000}, FeedStatus.INVALID),
-        ({"answer": 3_000 * 10**8, "updated_at": "future"}, FeedStatus.INVALID),
-        ({"answer": 3_000 * 10**8, "updated_at": 0}, FeedStatus.INVALID),
-        ({"answer": 3_000 * 10**8, "updated_at": "stale"}, FeedStatus.STALE),
-        ({"price": Decimal("5")}, FeedStatus.OUT_OF_BOUNDS),
-        ({"price": Decimal("250000")}, FeedStatus.OUT_OF_BOUNDS),
-        ({"price": Decimal("3000")}, FeedStatus.OK),
-    ],
-)
-def test_feed_states_come_back_with_their_status(
-    own: OmnimarginConfig, kwargs: dict, status: FeedStatus
-) -> None:  # type: ignore[type-arg]
-    now = _now(own, ETH_CHAIN)
-    when = {"future": now + 3600, "stale": now - 100_000}
-    args = {k: when.get(v, v) if k == "updated_at" else v for k, v in kwargs.items()}
-    try:
-        asyncio.run(set_feed(own, ETH_CHAIN, "ETH", **args))
-        got, reason = _feed_status(own, ETH_CHAIN, "ETH")
-        assert got is status, reason
-        # the other feeds of the chain are untouched
-        others = [p.status for p in _snap(own)[ETH_CHAIN].prices if p.asset != "ETH"]
-        assert set(others) == {FeedStatus.OK}
-    finally:
-        asyncio.run(set_feed(own, ETH_CHAIN, "ETH", price=Decimal("2589.82")))
-
-
-def test_sequencer_down_and_grace_period(own: OmnimarginConfig) -> None:
-    now = _now(own, ARB_CHAIN)
-    try:
-        asyncio.run(set_sequencer(own, ARB_CHAIN, up=False, since=now - 10))
-        snap = _snap(own)[ARB_CHAIN]
-        assert snap.sequencer is not None and not snap.sequencer.up
-        assert {p.status for p in snap.prices} == {FeedStatus.SEQUENCER_DOWN}
-        asyncio.run(set_sequencer(own, ARB_CHAIN, up=True, since=now - 60))  # back, inside grace
-        snap = _snap(own)[ARB_CHAIN]
-        assert snap.sequencer is not None and snap.sequencer.up
-        assert {p.status for p in snap.prices} == {FeedStatus.SEQUENCER_DOWN}
-        assert "grace" in snap.prices[0].reason
-        assert {p.status for p in _snap(own)[ETH_CHAIN].prices} == {FeedStatus.OK}  # L1 unaffected
-    finally:
-        asyncio.run(set_sequencer(own, ARB_CHAIN, up=True, since=now - 7200))
-    assert {p.status for p in _snap(own)[ARB_CHAIN].prices} == {FeedStatus.OK}
 
 
 def test_snapshot_cli_prints_json_with_raw_integer_strings(devnet) -> None:  # type: ignore[no-untyped-def]
