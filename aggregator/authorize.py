@@ -22,11 +22,12 @@ from web3.exceptions import Web3Exception
 
 from aggregator.accounts import margin_report, policy_of, portfolio_of, scenario_set
 from aggregator.attestation import MarginAttestation, market_id, sign, typed_data
+from aggregator.canonical import CanonicalCheck
 from aggregator.errors import InputError
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, im_with_position
 from aggregator.store import Reservation, Store
 from aggregator.valuation import value_portfolio
-from aggregator.world import World, orphaned_reasons, read_world
+from aggregator.world import World, read_world
 from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from chains.multicall import address_word, selector, word_uint
@@ -246,5 +247,14 @@ def authorize(
     settle(cfg, store, req.account)
     policy, _ = policy_of(cfg)
     world = asyncio.run(read_world(cfg, [req.account], tolerance=policy.price_tolerance))
-    reorged = asyncio.run(orphaned_reasons(world))
-    return decide(cfg, account_state(cfg, world, req.account), req, store, key, reorged)
+    state = account_state(cfg, world, req.account)
+    return decide(cfg, state, req, store, key, asyncio.run(canonical_reasons(cfg, world)))
+
+
+async def canonical_reasons(cfg: OmnimarginConfig, world: World) -> tuple[str, ...]:
+    """One check, now, that ``world``'s pinned blocks are still canonical."""
+    check = CanonicalCheck(cfg)
+    try:
+        return await check.reasons(world)
+    finally:
+        await check.close()

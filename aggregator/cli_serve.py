@@ -21,6 +21,7 @@ def _fail(message: str) -> None:
 def build_service(config_file: Path | None, **flags: Any) -> Any:
     """Everything ``serve`` runs, from the config and the flags (no server started)."""
     from aggregator.attestation import load_signer_key
+    from aggregator.canonical import CanonicalCheck
     from aggregator.cli import ExecutorChoice, make_executor
     from aggregator.service.app import Service
     from aggregator.service.epochs import EpochRunner, ExecutorSpec
@@ -62,7 +63,8 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         on_epoch=metrics.on_epoch,
         pnl_budget_mb=settings.pnl_cache_mb,
     )
-    return Service(cfg, settings, runner, store, signer, executor, metrics)
+    canonical = CanonicalCheck(cfg, timeout_s=min(settings.read_timeout_s, 5.0))
+    return Service(cfg, settings, runner, store, signer, executor, metrics, canonical)
 
 
 def serve(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from eth_utils.crypto import keccak
-from web3.exceptions import Web3Exception
 
 from aggregator.prices import AssetPrice, price_assets
 from bridge_adapters.holdings import Holdings, build_holdings
@@ -21,7 +20,6 @@ from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from chains.inflight import InflightRead, read_inflight
 from chains.reader import ChainReader, PinnedBlock
-from chains.rpc import ChainClient, as_hash
 from chains.types import ChainId, ChainSnapshot, ChainStatus, FeedStatus
 
 
@@ -129,34 +127,3 @@ async def read_world(
         price_assets(snaps, tolerance),
         tuple(reasons),
     )
-
-
-async def orphaned_reasons(world: World, timeout_s: float = 10.0) -> tuple[str, ...]:
-    """Why the reads of ``world`` no longer stand: a chain whose pinned block is not canonical
-    any more (a reorg since the read), or that cannot be asked. Empty when every block read is
-    still canonical. One ``eth_getBlockByNumber`` per chain read."""
-
-    async def one(snap: ChainSnapshot) -> str:
-        where = f"chain {snap.name} ({snap.chain_id})"
-        client = ChainClient(world.config.chain(snap.chain_id))
-        try:
-            block = await asyncio.wait_for(
-                client.call("eth_getBlockByNumber", [hex(snap.block_number or 0), False]),
-                timeout_s,
-            )
-        except (ChainError, Web3Exception, OSError, TimeoutError) as exc:
-            return (
-                f"{where}: cannot check that block {snap.block_number} is still canonical ({exc})"
-            )
-        finally:
-            await client.close()
-        now = as_hash(block["hash"]) if block else None
-        if now == snap.block_hash:
-            return ""
-        return (
-            f"{where}: block {snap.block_number} {snap.block_hash} is no longer canonical "
-            f"(reorg since the read; now {now})"
-        )
-
-    reasons = await asyncio.gather(*(one(s) for s in world.snapshots if s.ok))
-    return tuple(r for r in reasons if r)

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aggregator.canonical import CanonicalCheck
 from aggregator.errors import AggregatorError, InputError
 from aggregator.service import views
 from aggregator.service.epochs import Epoch, EpochRunner
@@ -44,7 +45,6 @@ from aggregator.service.schemas import (
 )
 from aggregator.service.settings import ServiceSettings
 from aggregator.store import Store
-from aggregator.world import orphaned_reasons
 from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from montecarlo import MonteCarloError
@@ -70,6 +70,7 @@ class Service:
     signer: LocalAccount
     executor: Executor
     metrics: Metrics
+    canonical: CanonicalCheck
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
 
 
@@ -150,6 +151,7 @@ def create_app(svc: Service) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await svc.canonical.close()
 
     app = FastAPI(
         title="omnimargin",
@@ -293,7 +295,12 @@ def _routes(app: FastAPI) -> None:
     async def authorizations(svc: Svc, body: AuthorizationRequest) -> Authorization:
         # NumPy and the durable SQLite write off the event loop, a few threads at a time
         # (more threads than cores only fight over the GIL)
-        return await anyio.to_thread.run_sync(_authorize, svc, body, limiter=svc.limiter)
+        epoch = epoch_of(svc)
+        # the epoch was read before this request: a reorg since must not be signed over
+        reorged = await svc.canonical.reasons(epoch.world)
+        return await anyio.to_thread.run_sync(
+            _authorize, svc, body, epoch, reorged, limiter=svc.limiter
+        )
 
     @app.post(
         "/v1/risk",
@@ -331,11 +338,12 @@ def _reserved(svc: Service, accounts: list[str]) -> dict[str, float]:
     return {a: float(svc.store.reserved(a, now)) for a in accounts}
 
 
-def _authorize(svc: Service, body: AuthorizationRequest) -> Authorization:
+def _authorize(
+    svc: Service, body: AuthorizationRequest, epoch: Epoch, reorged: tuple[str, ...]
+) -> Authorization:
     from aggregator.authorize import Request as AuthRequest
     from aggregator.authorize import check_request, decide, parse_size
 
-    epoch = epoch_of(svc)
     req = AuthRequest(
         str(to_checksum_address(body.account)),
         body.chain_id,
@@ -353,8 +361,6 @@ def _authorize(svc: Service, body: AuthorizationRequest) -> Authorization:
         if info["stale"]
         else ()
     )
-    # the epoch was read before now: a reorg since then must not be signed over
-    reorged = asyncio.run(orphaned_reasons(epoch.world))
     try:
         decision = decide(
             svc.cfg, epoch.accounts[account], req, svc.store, svc.signer, (*stale, *reorged)
