@@ -94,7 +94,7 @@ class CanonicalCheck:
             client = self._clients[chain_id] = ChainClient(self.cfg.chain(chain_id))
         try:
             block = await asyncio.wait_for(
-                client.call("eth_getBlockByNumber", [hex(number), False]), self.timeout_s
+                client.light_call("eth_getBlockByNumber", [hex(number), False]), self.timeout_s
             )
         except (ChainError, Web3Exception, OSError, TimeoutError):
             return None
