@@ -297,7 +297,7 @@ def section(r: dict[str, Any]) -> str:
         "time.",
         f"* Plain NumPy maths of one authorisation in-process (P&L and IM with the position): "
         f"{r['numpy_authorisation_ms']} ms. Approved {r['approved']:.0f}, refused "
-        f"{r['refused']:.0f} (free margin used up by the reservations).",
+        f"{r['refused']:.0f} (refused: did not fit the free margin left).",
         "",
         "| endpoint | load | requests | per s | p50 ms | p99 ms | max ms | statuses |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
