@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +32,7 @@ from aggregator.service import views
 from aggregator.service.epochs import Epoch, EpochRunner
 from aggregator.service.metrics import Metrics
 from aggregator.service.schemas import (
+    ADDRESS_PATTERN,
     Accounts,
     Authorization,
     AuthorizationRequest,
@@ -96,6 +97,8 @@ async def service_of(request: Request) -> Service:  # async: no thread hop per r
 
 
 Svc = Annotated[Service, Depends(service_of)]
+#: an account in a path: a malformed one is a 422 naming ``account``
+AccountPath = Annotated[str, Path(pattern=ADDRESS_PATTERN, description="0x and 40 hex digits")]
 
 
 def _key_ok(svc: Service, request: Request) -> None:
@@ -262,7 +265,7 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["margin"],
     )
-    async def margin(svc: Svc, account: str) -> Response:
+    async def margin(svc: Svc, account: AccountPath) -> Response:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
         body = views.live_margin_json(
@@ -280,7 +283,7 @@ def _routes(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["margin"],
     )
-    async def portfolio(svc: Svc, account: str) -> Portfolio:
+    async def portfolio(svc: Svc, account: AccountPath) -> Portfolio:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
         return views.portfolio_body(epoch, a, _info(svc, epoch))
@@ -313,11 +316,15 @@ def _routes(app: FastAPI) -> None:
     async def risk(
         svc: Svc,
         request: Request,
-        scenarios: Annotated[int, Query(ge=1000, le=10_000_000)] = 100_000,
+        scenarios: Annotated[
+            int | None, Query(ge=1000, le=10_000_000, description="default 100,000")
+        ] = None,
         alpha: Annotated[float, Query(gt=0.5, lt=1)] = 0.99,
         horizon_days: Annotated[float, Query(gt=0, le=365)] = 1.0,
         seed: Annotated[int, Query(ge=0, lt=2**63)] = 0,
     ) -> RiskReport:
+        if scenarios is None:
+            scenarios = min(100_000, svc.settings.max_risk_scenarios)
         if scenarios > svc.settings.max_risk_scenarios:
             raise ApiError(
                 422, "scenarios", f"at most {svc.settings.max_risk_scenarios} on this service"

@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, Path
 from fastapi.responses import HTMLResponse, Response
 
 from aggregator.charts import contributions_svg, loss_distribution_svg
-from aggregator.service.app import ERRORS, Svc, account_of, epoch_of, read_key
+from aggregator.service.app import ERRORS, AccountPath, Svc, account_of, epoch_of, read_key
 from aggregator.service.epochs import Epoch
 
 Chart = Literal["losses", "by_chain", "by_asset"]
@@ -78,7 +78,7 @@ def mount_dashboard(app: FastAPI) -> None:
         dependencies=[Depends(read_key)],
         tags=["dashboard"],
     )
-    def chart(svc: Svc, account: str, chart: Annotated[Chart, Path()]) -> Response:
+    def chart(svc: Svc, account: AccountPath, chart: Annotated[Chart, Path()]) -> Response:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
         return Response(cache.get(epoch, a, chart), media_type="image/svg+xml")

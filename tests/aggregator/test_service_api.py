@@ -219,7 +219,7 @@ def test_bad_paths_and_bodies_are_4xx_naming_the_field(service: Server) -> None:
         )
         risk = c.post("/v1/risk", content=b'{"positions": []}')
         risk_q = c.post("/v1/risk?scenarios=5", content=EXAMPLE.read_bytes())
-    assert (bad.status_code, bad.json()["field"]) == (400, "account")
+    assert (bad.status_code, bad.json()["field"]) == (422, "account")
     assert (unknown.status_code, unknown.json()["field"]) == (404, "account")
     assert "watched" in unknown.json()["reason"]
     assert not_json.status_code == 422
