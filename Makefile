@@ -57,6 +57,7 @@ lint: install
 
 test: lint $(CHROMIUM)
 	$(BIN)/pytest
+	$(BIN)/python -m benchmarks.reliability   # docs/RELIABILITY.md from this run's counts
 
 bench: install
 	$(BIN)/python -m benchmarks
