@@ -7,10 +7,11 @@ chain layer or of the price history become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -92,11 +93,24 @@ def _summary(info: DevnetInfo, blocks: dict[int, int | None]) -> Table:
     return table
 
 
+def _node_json(s: Any) -> dict[str, Any]:
+    n = s.node
+    return {
+        "name": n.name,
+        "chain_id": n.chain_id,
+        "rpc_url": n.rpc_url,
+        "pid": n.pid,
+        "running": s.running,
+        "block": s.block_number,
+    }
+
+
 @devnet_app.command()
 def up(
     chains: Annotated[int, typer.Option(help="Number of chains (1 L1, the rest L2s).")] = 3,
     directory: DirOption = DEFAULT_DIR,
     port: Annotated[int, typer.Option("--port", help="Port of the first chain.")] = 8545,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Start the chains, deploy and seed, write DIR/config.toml."""
     from chains.config import CONFIG_ENV
@@ -115,6 +129,17 @@ def up(
             nodes = asyncio.run(devnet_status(directory))
     except (ChainError, AggregatorError) as exc:
         _fail(str(exc))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "config": str(info.config_path),
+                    "accounts": list(info.config.accounts),
+                    "chains": [_node_json(s) for s in nodes],
+                }
+            )
+        )
+        return
     out_console.print(_summary(info, {s.node.chain_id: s.block_number for s in nodes}))
     for i, account in enumerate(info.config.accounts, start=1):
         out_console.print(f"demo account {i}: {account}", highlight=False)
@@ -136,7 +161,10 @@ def down(directory: DirOption = DEFAULT_DIR) -> None:
 
 
 @devnet_app.command()
-def status(directory: DirOption = DEFAULT_DIR) -> None:
+def status(
+    directory: DirOption = DEFAULT_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
     """Which nodes run, and their latest block."""
     from chains.devnet import devnet_status
 
@@ -144,6 +172,11 @@ def status(directory: DirOption = DEFAULT_DIR) -> None:
         nodes = asyncio.run(devnet_status(directory))
     except ChainError as exc:
         _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({"chains": [_node_json(s) for s in nodes]}))
+        if not all(s.running for s in nodes):
+            raise typer.Exit(1)
+        return
     table = Table(title=f"devnet in {directory.resolve()}")
     for col in ("chain", "id", "rpc url", "pid", "state", "block"):
         table.add_column(col, justify="right" if col in ("id", "pid", "block") else "left")

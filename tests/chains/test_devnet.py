@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -211,6 +212,25 @@ def test_status_lists_running_nodes_with_blocks(devnet: Any) -> None:
     statuses = asyncio.run(devnet_status(devnet.directory))
     assert [s.node.chain_id for s in statuses] == [cid for cid, _, _ in EXPECTED_CHAINS]
     assert all(s.running and s.block_number and s.block_number > 0 for s in statuses)
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("omnimargin")),
+            "devnet",
+            "status",
+            "--json",
+            "--dir",
+            str(devnet.directory),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    chains = json.loads(out.stdout)["chains"]
+    assert [(c["chain_id"], c["running"]) for c in chains] == [
+        (s.node.chain_id, True) for s in statuses
+    ]
+    assert all(c["block"] >= s.block_number for c, s in zip(chains, statuses, strict=True))
 
 
 # --- refusals ------------------------------------------------------------------------------
