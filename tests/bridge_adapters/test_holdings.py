@@ -67,15 +67,7 @@ def _devnet_contract(config: OmnimarginConfig, chain_id: int, name: str) -> str:
 
 async def _read_world(config: OmnimarginConfig) -> tuple[list[ChainSnapshot], InflightRead]:
     """Every chain pinned once; balances and in-flight transfers read at those pins."""
-    readers = {c.chain_id: ChainReader(config, c) for c in config.chains}
-    try:
-        pinned = {cid: await r.pin() for cid, r in readers.items()}
-        snaps = [await r.snapshot(config.accounts, pinned[cid]) for cid, r in readers.items()]
-        clients = {cid: r.client for cid, r in readers.items()}
-        return snaps, await read_inflight(config, "cctp", pinned, clients)
-    finally:
-        for r in readers.values():
-            await r.client.close()
+    return await _read_at(config, await _pins(config))
 
 
 def read_world(config: OmnimarginConfig) -> tuple[list[ChainSnapshot], InflightRead]:
@@ -223,6 +215,7 @@ async def _pins(config: OmnimarginConfig) -> dict[int, PinnedBlock]:
 async def _read_at(
     config: OmnimarginConfig, pins: dict[int, PinnedBlock]
 ) -> tuple[list[ChainSnapshot], InflightRead]:
+    """Balances and in-flight transfers read at the given pins."""
     readers = {c.chain_id: ChainReader(config, c) for c in config.chains}
     try:
         snaps = [await r.snapshot(config.accounts, pins[cid]) for cid, r in readers.items()]
