@@ -37,7 +37,7 @@ class _PolicyModel(BaseModel):
     horizons: dict[str, Annotated[float, Field(gt=0, le=365)]] = Field(default_factory=dict)
     scenarios: Annotated[int, Field(ge=1000, le=10_000_000)] = 100_000
     seed: Annotated[int, Field(ge=0)] = 0
-    model: Literal["gaussian", "student_t", "historical"] = "gaussian"
+    model: Literal["gaussian", "student_t", "historical"] = "historical"
     dof: Annotated[float, Field(gt=2, le=1000)] = 5.0
     price_tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.02
     attestation_ttl_s: Annotated[int, Field(ge=10, le=86_400)] = 300
