@@ -44,7 +44,9 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     signer = load_signer_key(cfg.signer)
     store_path = Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite")
     store = Store(store_path)
-    spec = ExecutorSpec(settings.executor, settings.ray_address, settings.workers)
+    # epochs leave a core to the requests unless told otherwise
+    workers = settings.workers or (None if settings.executor == "ray" else _spare_cores())
+    spec = ExecutorSpec(settings.executor, settings.ray_address, workers)
     # POST /v1/risk runs here: worker processes even for small passes (requests keep the GIL)
     executor: Executor = (
         LocalExecutor(settings.workers, processes=True)
@@ -65,6 +67,12 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     )
     canonical = CanonicalCheck(cfg, timeout_s=min(settings.read_timeout_s, 5.0))
     return Service(cfg, settings, runner, store, signer, executor, metrics, canonical)
+
+
+def _spare_cores() -> int:
+    import os
+
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def serve(
