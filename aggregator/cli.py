@@ -21,6 +21,7 @@ from typer.exceptions import TyperException
 from aggregator.cli_backtest import backtest_command
 from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
+from aggregator.cli_keys import keys_app
 from aggregator.cli_margin import authorize_command
 from aggregator.cli_margin import margin as margin_command
 from aggregator.cli_serve import report as report_command
@@ -44,6 +45,7 @@ EXIT_BAD_INPUT = 2
 
 app.add_typer(devnet_app, name="devnet")
 app.add_typer(bridge_app, name="bridge")
+app.add_typer(keys_app, name="keys")
 
 
 class ModelChoice(StrEnum):

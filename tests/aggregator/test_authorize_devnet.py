@@ -25,14 +25,6 @@ from chains.devnet_nodes import nodes_of, read_state, stop_node
 
 A, B, C = 31337001, 31337002, 31337003
 ACCOUNT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # collateral on A and C, nothing on B
-NAMES = {
-    "sizeDelta": "size_delta",
-    "initialMargin": "initial_margin",
-    "snapshotHash": "snapshot_hash",
-    "riskModelHash": "risk_model_hash",
-    "issuedAt": "issued_at",
-    "validUntil": "valid_until",
-}
 
 
 def _att(typed: dict[str, Any]) -> MarginAttestation:
