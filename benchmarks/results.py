@@ -214,7 +214,7 @@ def write_sections(path: Path, method: str, sections: dict[str, str]) -> None:
     """Write ``method`` and ``sections`` (name -> wrapped text), keeping every other section of
     the existing file (e.g. the chain-read benchmark's) as it was."""
     old = path.read_text() if path.exists() else ""
-    order = ["numpy", "cupy", "chains", "service"]
+    order = ["numpy", "cupy", "chains", "service", "soak"]
     for name in re.findall(r"<!-- (\w+):start -->", old):
         if name not in order:
             order.append(name)
