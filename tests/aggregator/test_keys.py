@@ -109,7 +109,7 @@ def test_rotation_switches_signing_and_retires_the_old_signer(
     )
     wrong = [k for k, ok in checks.items() if not ok]
     reliability.record(
-        "keys",
+        "Keys",
         "signer rotation",
         "`omnimargin keys rotate` on 3 chains, with an attestation signed by the old key and "
         "not yet submitted",
@@ -140,7 +140,7 @@ def test_a_chain_down_stops_the_rotation_before_the_switch(
     if "signing stays on the old key" not in run.stderr or key_file.read_text() != before:
         problems.append("signing switched although a chain did not get the new signer")
     reliability.record(
-        "keys",
+        "Keys",
         "signer rotation with a chain down",
         "`omnimargin keys rotate` with devnet-base's node stopped",
         "exit 2 naming the chain; the key file unchanged (signing stays on the old key)",

@@ -27,7 +27,7 @@ from chains.config import load_config
 from tests.faults.helpers import ARB
 from tests.reliability import ForTest
 
-FAMILY = "service"
+FAMILY = "Service"
 EXAMPLES = 120  # per operation and mode: > 1,000 requests in all
 SEEN: list[str] = []  # every response body of this module, for the key test
 
