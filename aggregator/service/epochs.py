@@ -19,6 +19,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -294,10 +295,24 @@ def keep_pnl(epoch: Epoch, budget_bytes: float, block: int = 64) -> int:
 EPOCH_NICENESS = 10
 
 
-def _background_priority() -> None:
-    """The epoch worker (and the engine processes it starts) yield the CPU to requests."""
+def _background_priority(server_pid: int) -> None:
+    """The epoch worker (and the engine processes it starts) yield the CPU to requests, and
+    exit when the server is gone, however it went (SIGKILL included). Its parent is the
+    forkserver, which itself waits for its children, so the worker watches the server."""
     with contextlib.suppress(OSError):
         os.nice(EPOCH_NICENESS)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # a pid taken by another user's process: gone too
+                os._exit(0)
+
+    threading.Thread(target=watch, name="omnimargin-server-watch", daemon=True).start()
 
 
 @dataclass
@@ -352,13 +367,21 @@ class EpochRunner:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["aggregator.service.epochs"])
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=_background_priority
+                max_workers=1,
+                mp_context=context,
+                initializer=_background_priority,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
     def close(self) -> None:
+        """Stop the epoch worker now (an epoch in progress is abandoned, not awaited)."""
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            processes = list(getattr(self._pool, "_processes", {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for p in processes:
+                with contextlib.suppress(OSError, ValueError):
+                    p.kill()
             self._pool = None
 
     async def step(self) -> Epoch:

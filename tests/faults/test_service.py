@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import psutil
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -200,11 +201,16 @@ def test_kill_9_keeps_every_acknowledged_reservation_and_nonce(
         futures = [pool.submit(client, i) for i in range(8)]
         while time.monotonic() < stop:
             time.sleep(0.05)
+        # its forkserver and epoch worker (a child of the forkserver, not of the server)
+        helpers = psutil.Process(victim.process.pid).children(recursive=True)
         victim.process.send_signal(signal.SIGKILL)
         victim.process.wait(10)
         for f in futures:
             f.result()
     assert victim.process.returncode == -signal.SIGKILL and len(acknowledged) > 20
+    assert helpers, "the victim's epoch worker was not found"
+    _, alive = psutil.wait_procs(helpers, timeout=10)
+    assert alive == [], f"processes left behind by the killed server: {alive}"
 
     store = Store(Path(str(cfg.store_path)))
     try:
