@@ -430,7 +430,9 @@ def run_risk(
     """
     from montecarlo.executors import LocalExecutor
 
-    executor = executor or LocalExecutor()
+    if executor is None:  # one of its own: its worker processes end with this run
+        with LocalExecutor() as own:
+            return run_risk(problem, backend, own, components, progress)
     own_problem = problem
     problem, order = problem.canonical()
     name = resolve_backend(backend).name  # "auto" is settled once, here, at the edge

@@ -307,10 +307,13 @@ def _background_priority(server_pid: int) -> None:
             time.sleep(1.0)
             try:
                 os.kill(server_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # a pid taken by another user's process: gone too
-                os._exit(0)
+                continue
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused)
+                pass
+            for child in multiprocessing.active_children():  # the engine's worker processes
+                with contextlib.suppress(OSError, ValueError):
+                    child.kill()
+            os._exit(0)
 
     threading.Thread(target=watch, name="omnimargin-server-watch", daemon=True).start()
 

@@ -54,7 +54,8 @@ def test_ray_epochs_equal_local_ones(runner: EpochRunner, ray_cluster: Any) -> N
     policy, _ = policy_of(cfg)
     world = asyncio.run(read_world(cfg, cfg.accounts))
     model = scenario_model(cfg, policy)
-    local = compute_accounts(world, cfg.accounts, model, policy, LocalExecutor(2), {})
+    with LocalExecutor(2) as pool:
+        local = compute_accounts(world, cfg.accounts, model, policy, pool, {})
     ray = RayExecutor(workers=2)
     try:
         remote = compute_accounts(world, cfg.accounts, model, policy, ray, {})
