@@ -155,6 +155,9 @@ def create_app(svc: Service) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await svc.canonical.close()
+            # here, not after uvicorn returns: uvicorn re-raises SIGTERM once it has shut down
+            svc.runner.close()
+            svc.executor.close()
 
     app = FastAPI(
         title="omnimargin",
