@@ -14,16 +14,17 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from aggregator.errors import InputError
 from aggregator.history import load_history
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, column_model, margin_of
 from aggregator.portfolio import Line, LineKind, Portfolio
-from aggregator.portfolio_file import decode_json, first_error
+from aggregator.portfolio_file import decode_json, first_error, plain_decimal
 from aggregator.valuation import value_portfolio
 from aggregator.world import World
 from bridge_adapters.risk import column_of, jumps_for, parse_column, risk_column
+from chains.addresses import ChecksumAddress
 from chains.config import OmnimarginConfig
 from montecarlo.models import ScenarioModel
 
@@ -40,7 +41,8 @@ class _PolicyModel(BaseModel):
     model: Literal["gaussian", "student_t", "historical"] = "historical"
     dof: Annotated[float, Field(gt=2, le=1000)] = 5.0
     price_tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.02
-    attestation_ttl_s: Annotated[int, Field(ge=10, le=86_400)] = 300
+    attestation_ttl_s: Annotated[int, Field(ge=10, le=86_400)] = 120
+    clock_allowance_s: Annotated[int, Field(ge=0, le=3600)] = 30
 
 
 def policy_of(config: OmnimarginConfig) -> tuple[MarginPolicy, int]:
@@ -51,8 +53,19 @@ def policy_of(config: OmnimarginConfig) -> tuple[MarginPolicy, int]:
         raise first_error(exc, "margin") from None
     data = m.model_dump()
     ttl = data.pop("attestation_ttl_s")
+    data.pop("clock_allowance_s")
     data["price_tolerance"] = Fraction(str(data["price_tolerance"]))
     return MarginPolicy(**data), ttl
+
+
+def clock_allowance(config: OmnimarginConfig) -> int:
+    """``[margin] clock_allowance_s``: how far a target chain's clock may be from the wall
+    clock (a reservation lives until validUntil plus this; a chain further off is refused)."""
+    try:
+        m = _PolicyModel.model_validate(config.margin or {})
+    except ValidationError as exc:
+        raise first_error(exc, "margin") from None
+    return m.clock_allowance_s
 
 
 def universe_columns(config: OmnimarginConfig) -> tuple[str, ...]:
@@ -153,15 +166,17 @@ def portfolio_of(world: World, account: str, venues: list[Line] | None = None) -
 class _Venue(BaseModel):
     model_config = ConfigDict(extra="forbid")
     venue: Annotated[str, Field(min_length=1, max_length=64)]
-    account: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+    account: ChecksumAddress
     asset: Annotated[str, Field(min_length=1, max_length=32)]
-    quantity: Annotated[Decimal, Field(allow_inf_nan=False, gt=-(10**15), lt=10**15)]
+    quantity: Annotated[
+        Decimal,
+        Field(allow_inf_nan=False, gt=-(10**15), lt=10**15),
+        BeforeValidator(plain_decimal),
+    ]
 
 
 def load_venues(path: Path) -> list[Line]:
     """Off-chain venue balances: a JSON list of {venue, account, asset, quantity}."""
-    from eth_utils import to_checksum_address
-
     try:
         data = decode_json(path.read_text(), "venues")
     except OSError as exc:
@@ -177,7 +192,7 @@ def load_venues(path: Path) -> list[Line]:
             v = _Venue.model_validate(row)
         except ValidationError as exc:
             raise first_error(exc, f"venues[{i}]") from None
-        account = str(to_checksum_address(v.account))
+        account = v.account
         kind: LineKind = "collateral" if v.quantity >= 0 else "debt"
         qty = Fraction(abs(v.quantity))
         out.append(

@@ -58,6 +58,7 @@ FIELDS = (
     ("issuedAt", "uint64", "issued_at"),
     ("validUntil", "uint64", "valid_until"),
     ("nonce", "uint256", "nonce"),
+    ("counter", "uint256", "counter"),
 )
 _RANGES = {
     "int256": (-(2**255), 2**255 - 1),
@@ -71,7 +72,8 @@ class MarginAttestation:
     """One authorisation: ``account`` may change its ``market`` position by ``size_delta``
     (18 decimals of the asset), given ``equity`` and ``initial_margin`` (USD, 1e18 fixed point)
     computed from the chain reads ``snapshot_hash`` with the model ``risk_model_hash``; valid
-    from ``issued_at`` to ``valid_until`` (unix seconds) and once per (account, nonce)."""
+    from ``issued_at`` to ``valid_until`` (unix seconds), once per (account, nonce), and only
+    while the gate's ``counter_of(account)`` is still ``counter``."""
 
     account: str
     market: bytes
@@ -83,6 +85,7 @@ class MarginAttestation:
     issued_at: int
     valid_until: int
     nonce: int
+    counter: int = 0
 
     def __post_init__(self) -> None:
         if not is_address(self.account):

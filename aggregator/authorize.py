@@ -1,37 +1,54 @@
-"""Authorising a new position (DESIGN.md, "Margin" and "Attestations").
+"""Authorising a new position (docs/ARCHITECTURE.md, "The gate's contract").
 
-IM is recomputed with the position added from the account's scenario P&L
-(P&L' = P&L + r[:, i] * delta_e), not a new run. Approval needs fresh data (no unavailable
-chain, no degraded price, the target L2's sequencer up) and free margin after >= 0 once every
-active reservation of the account is counted; the decision, the reservation and the nonce are
-one durable SQLite transaction. An approval comes with an EIP-712 attestation that the target
-chain's MarginGate verifies.
+IM is recomputed from the account's scenario P&L (P&L' = P&L + r[:, i] * delta_e), not a new
+run. A request is approved only when the data is fresh (no unavailable chain, no degraded
+price, the target L2's sequencer up, the target chain's clock within the allowance, every gate
+read at its pinned block under the counter the store issues under) and the gate's invariant
+holds with it: for every subset S of the account's outstanding attestations plus this one,
+IM(portfolio + S) <= equity (aggregator/gate.py evaluates the worst S exactly). A change that
+shrinks a position and lowers IM for every S is approved even below margin (reduce-only).
+The decision, the reservation and its random nonce are one durable SQLite transaction; the
+attestation is timed by the wall clock (``validUntil = now + ttl``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
-from eth_abi.exceptions import DecodingError
 from eth_account.signers.local import LocalAccount
-from web3.exceptions import Web3Exception
 
-from aggregator.accounts import margin_report, policy_of, portfolio_of, scenario_set
+from aggregator.accounts import (
+    clock_allowance,
+    margin_report,
+    policy_of,
+    portfolio_of,
+    scenario_set,
+)
 from aggregator.attestation import MarginAttestation, market_id, sign, typed_data
 from aggregator.canonical import CanonicalCheck
 from aggregator.errors import InputError
-from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, im_with_position
-from aggregator.store import Reservation, Store
+from aggregator.gate import (
+    MAX_GROUPS,
+    Change,
+    group_count,
+    lowers_im_everywhere,
+    outstanding,
+    reduces_position,
+    settled,
+    worst_case,
+)
+from aggregator.gate_sync import sync_counters
+from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet
+from aggregator.store import GateCounter, NewReservation, Reservation, Store
 from aggregator.valuation import value_portfolio
-from aggregator.world import World, read_world
+from aggregator.world import World, read_gates, read_world, with_gates
 from chains.config import OmnimarginConfig
-from chains.errors import ChainError
-from chains.multicall import address_word, selector, word_uint
-from chains.rpc import ChainClient, as_bytes
 
 WAD = 10**18
 MAX_SIZE = Decimal(10) ** 12
@@ -76,13 +93,17 @@ def refusal(reason: str, **figures: Any) -> dict[str, Any]:
     return {"approved": False, "reason": reason, **figures}
 
 
+Positions = dict[tuple[int, str], Decimal]  # (chain id, market) -> size in units of the asset
+
+
 @dataclass(frozen=True)
 class AccountState:
     """What a decision needs about one account: the reads, the scenarios and its margin.
 
-    ``exposures`` are its USD exposures per risk column, in ``scen.columns`` order (n,).
-    The CLI builds one from a fresh read (:func:`account_state`); the service from its epoch,
-    with ``pnl`` kept for the epoch (what-if IM then costs one pass over M values).
+    ``exposures`` are its USD exposures per risk column, in ``scen.columns`` order (n,);
+    ``positions`` its perp sizes per (chain, market) at the pinned blocks. The CLI builds one
+    from a fresh read (:func:`account_state`); the service from its epoch, with ``pnl`` kept
+    for the epoch (what-if IM then costs one pass over M values).
     """
 
     world: World
@@ -93,6 +114,8 @@ class AccountState:
     figures: MarginFigures
     exposures: np.ndarray
     pnl: np.ndarray | None = None  # scen.returns @ exposures (M,), when already computed
+    positions: Positions = field(default_factory=dict)
+    allowance_s: int = 30
 
     def scenario_pnl(self) -> np.ndarray:
         """The account's P&L in every scenario (M,): kept, or computed now."""
@@ -102,13 +125,132 @@ class AccountState:
         return pnl
 
 
+def perp_sizes(world: World, account: str) -> Positions:
+    """``account``'s perp sizes per (chain id, market) in the pinned snapshots."""
+    out: Positions = {}
+    for snap in world.snapshots:
+        for p in snap.positions:
+            if str(p.account).lower() == account.lower():
+                out[(int(snap.chain_id), p.market)] = Decimal(p.size) / WAD
+    return out
+
+
 def account_state(cfg: OmnimarginConfig, world: World, account: str) -> AccountState:
     policy, ttl = policy_of(cfg)
     scen = scenario_set(cfg, policy)
     report, figures = margin_report(world, account, scen, policy)
     val = value_portfolio(portfolio_of(world, account), world.prices)
     e = scen.vector({c: x for c, x in val.exposures.items() if x})
-    return AccountState(world, scen, policy, ttl, report, figures, e)
+    return AccountState(
+        world,
+        scen,
+        policy,
+        ttl,
+        report,
+        figures,
+        e,
+        positions=perp_sizes(world, account),
+        allowance_s=clock_allowance(cfg),
+    )
+
+
+def gate_reasons(
+    cfg: OmnimarginConfig, world: World, counters: dict[int, GateCounter], account: str
+) -> list[str]:
+    """Why the world's gate states cannot back a decision: a gate unread, a counter other than
+    the one the store issues under, or a pinned block older than the store's counter bump."""
+    out = []
+    for chain in cfg.chains:
+        if chain.margin_gate is None:
+            continue
+        where = f"chain {chain.name} ({chain.chain_id})"
+        g = world.gates.get(chain.chain_id)
+        mine = counters.get(chain.chain_id)
+        if g is None:
+            out.append(f"{where}: its MarginGate was not read at the pinned block")
+        elif mine is None:
+            out.append(f"{where}: the store has no gate counter yet (it syncs at start)")
+        elif g.block_number < mine.block:
+            out.append(
+                f"{where}: pinned block {g.block_number} is before the counter bump at block "
+                f"{mine.block}; waiting for a newer epoch"
+            )
+        elif g.global_counter != mine.counter:
+            out.append(
+                f"{where}: the gate's counter is {g.global_counter}, the store issues under "
+                f"{mine.counter} (another engine bumped it): restart to resync"
+            )
+        elif account not in g.counters:
+            out.append(f"{where}: the account's gate counter was not read")
+    return out
+
+
+def change_of(world: World, kind: str, market: str, size: Decimal) -> Change | None:
+    """The USD change on ``market``'s column of a size change, at the world's price."""
+    price = world.prices.get(market)
+    if price is None or price.price is None:
+        return None
+    usd = size * Decimal(price.price.numerator) / Decimal(price.price.denominator)
+    return Change(market, kind, float(usd))
+
+
+@dataclass
+class _Verdict:
+    """What the decision found inside the store's transaction (for the response)."""
+
+    reason: str = ""
+    outstanding: int = 0
+    corners: int = 0
+    im_after: float | None = None
+    shortfall_before: float = 0.0
+    shortfall_after: float | None = None
+    reduce_only: bool = False
+
+
+def _judge(
+    state: AccountState, req: Request, new: Change, rows: list[Reservation], v: _Verdict
+) -> Decimal | None:
+    """The gate's invariant over ``rows`` still outstanding in the pinned state, with ``new``:
+    the margin the approval adds to the worst case, or None to refuse (``v`` says why)."""
+    outs = outstanding(rows, state.world.gates)
+    v.outstanding = len(outs)
+    changes = []
+    for r in outs:
+        c = change_of(state.world, r.kind, r.market, Decimal(r.size_delta))
+        if c is None:
+            v.reason = f"{r.market}: no price for an outstanding attestation (nonce {r.nonce})"
+            return None
+        changes.append(c)
+    if group_count([*changes, new]) > MAX_GROUPS:
+        v.reason = (
+            f"outstanding attestations span more than {MAX_GROUPS} (column, kind) groups: "
+            "wait for some to execute or expire"
+        )
+        return None
+    pnl, scen, policy = state.scenario_pnl(), state.scen, state.policy
+    before = worst_case(pnl, scen, changes, policy)
+    after = worst_case(pnl, scen, [*changes, new], policy)
+    v.corners, v.im_after = after.corners, after.im
+    v.shortfall_before, v.shortfall_after = before.shortfall, after.shortfall
+    equity = float(state.figures.equity)
+    if equity - after.shortfall >= 0:
+        return Decimal(repr(max(after.shortfall - before.shortfall, 0.0)))
+    size = state.positions.get((req.chain_id, req.market), Decimal(0))
+    same = [
+        float(r.size_delta)
+        for r in outs
+        if (r.chain_id, r.market, r.kind) == (req.chain_id, req.market, "position")
+    ]
+    if reduces_position(float(size), same, float(req.size_delta)) and lowers_im_everywhere(
+        pnl, scen, changes, new, policy
+    ):
+        v.reduce_only = True
+        return Decimal(0)
+    v.reason = (
+        f"free margin after {equity - after.shortfall:,.2f} USD would be negative "
+        f"(worst case over {len(outs)} outstanding attestation(s) and this one)"
+    )
+    return None
 
 
 def decide(
@@ -118,80 +260,112 @@ def decide(
     store: Store,
     key: LocalAccount,
     extra_reasons: tuple[str, ...] = (),
+    now: float | None = None,
+    idempotency: tuple[str, str] | None = None,
+    respond_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The decision on ``req`` given the account's state (pure but for the store).
 
-    ``extra_reasons`` refuse it too (a stale epoch, say)."""
-    world, scen, policy, ttl = state.world, state.scen, state.policy, state.ttl
-    report, figures = state.report, state.figures
-    base = {
-        "equity": report["equity"],
-        "initial_margin_before": report["initial_margin"],
-        "snapshot_hash": report["snapshot_hash"],
-        "risk_model_hash": report["risk_model_hash"],
-    }
+    ``extra_reasons`` refuse it too (a stale epoch, a reorg, a chain's clock); ``now`` is the
+    wall clock (default: now); ``idempotency`` = (key, body hash) is claimed on approval with
+    the decision plus ``respond_extra`` as its stored response."""
+    world, figures = state.world, state.figures
+    base = {k: v for k, v in _figures(state, _Verdict()).items() if v is not None}
+    counters = store.counters()
     reasons = [*extra_reasons, *world.chain_reasons(req.chain_id), *figures.reasons]
+    reasons += gate_reasons(cfg, world, counters, req.account)
     price = world.prices.get(req.market)
     if price is None or not price.usable_for_new_risk or price.price is None:
         reasons.append(
             f"{req.market}: no trustworthy price ({price.reason if price else 'no feed'})"
         )
     if reasons:
-        return refusal("; ".join(reasons), **base)
-    assert price is not None and price.price is not None
-    pnl = state.scenario_pnl()
-    delta_usd = float(
-        req.size_delta * Decimal(price.price.numerator) / Decimal(price.price.denominator)
-    )
-    im_after = im_with_position(pnl, scen, req.market, delta_usd, policy)
-    equity = float(figures.equity)
-    snap = world.snapshot(req.chain_id)
-    issued = int(snap.timestamp or 0)
-    increment = Decimal(repr(max(im_after - figures.initial_margin, 0.0)))
-    seen: dict[str, float] = {}
+        return refusal("; ".join(dict.fromkeys(reasons)), **base)
+    new = change_of(world, "position", req.market, req.size_delta)
+    assert new is not None
+    wall = int(time.time() if now is None else now)
+    # valid from now less the clock allowance (a target chain whose head lags the wall clock
+    # by up to the allowance accepts it at once) until now + ttl: the wall clock, never a block
+    issued = wall - state.allowance_s
+    gate_state = world.gates[req.chain_id]
+    counter = gate_state.counters[req.account]
+    since = min(g.timestamp for g in world.gates.values())
+    verdict = _Verdict()
+    made: dict[str, Any] = {}
 
-    def fits(reserved: Decimal) -> bool:
-        seen["reserved"] = float(reserved)
-        return equity - im_after - float(reserved) >= 0
+    def approved(res: Reservation) -> dict[str, Any]:
+        decision = {"approved": True, "reason": "", **_figures(state, verdict)}
+        decision.update(_attested(cfg, state, req, res, key, verdict))
+        made["decision"] = decision
+        return decision
 
     res = store.authorize(
         req.account,
-        req.chain_id,
-        req.market,
-        str(req.size_delta),
-        increment,
-        issued,
-        issued + ttl,
-        fits,
+        NewReservation(
+            "position",
+            req.chain_id,
+            req.market,
+            str(req.size_delta),
+            issued,
+            wall + state.ttl,
+            counter,
+        ),
+        lambda rows: _judge(state, req, new, rows, verdict),
+        idempotency=idempotency,
+        since=since,
+        respond=lambda r: json.dumps({**approved(r), **(respond_extra or {})}),
     )
-    free_after = equity - im_after - seen.get("reserved", 0.0)
-    figures_out = {
-        **base,
-        "initial_margin_after": im_after,
-        "reserved": seen.get("reserved", 0.0),
-        "free_margin_after": free_after,
-    }
     if res is None:
-        return refusal(f"free margin after {free_after:,.2f} USD would be negative", **figures_out)
+        return refusal(verdict.reason, **_figures(state, verdict))
+    return made.get("decision") or approved(res)
+
+
+def _figures(state: AccountState, verdict: _Verdict) -> dict[str, Any]:
+    report, figures = state.report, state.figures
+    shortfall = verdict.shortfall_after
+    equity = float(figures.equity)
+    return {
+        "equity": report["equity"],
+        "initial_margin_before": report["initial_margin"],
+        "snapshot_hash": report["snapshot_hash"],
+        "risk_model_hash": report["risk_model_hash"],
+        "initial_margin_after": verdict.im_after,
+        "reserved": None if shortfall is None else max(shortfall - figures.initial_margin, 0.0),
+        "free_margin_after": None if shortfall is None else equity - shortfall,
+        "outstanding": verdict.outstanding,
+        "corners": verdict.corners,
+        "reduce_only": verdict.reduce_only,
+    }
+
+
+def _attested(
+    cfg: OmnimarginConfig,
+    state: AccountState,
+    req: Request,
+    res: Reservation,
+    key: LocalAccount,
+    verdict: _Verdict,
+) -> dict[str, Any]:
+    """The signed attestation of an approved reservation."""
     gate = cfg.chain(req.chain_id).margin_gate
-    assert gate is not None
+    assert gate is not None and verdict.im_after is not None
     att = MarginAttestation(
         account=req.account,
         market=market_id(req.market),
         size_delta=int(req.size_delta * WAD),
-        equity=max(int(figures.equity * WAD), 0),
-        initial_margin=int(Decimal(repr(im_after)) * WAD),
-        snapshot_hash=bytes.fromhex(world.snapshot_hash[2:]),
-        risk_model_hash=bytes.fromhex(report["risk_model_hash"][2:]),
-        issued_at=issued,
-        valid_until=issued + ttl,
+        equity=max(int(state.figures.equity * WAD), 0),
+        initial_margin=int(Decimal(repr(verdict.im_after)) * WAD),
+        snapshot_hash=bytes.fromhex(state.world.snapshot_hash[2:]),
+        risk_model_hash=bytes.fromhex(state.report["risk_model_hash"][2:]),
+        issued_at=res.issued_at,
+        valid_until=res.valid_until,
         nonce=res.nonce,
+        counter=res.counter,
     )
     return {
-        "approved": True,
-        "reason": "",
-        **figures_out,
         "reservation_id": res.id,
+        "issued_at": res.issued_at,
+        "valid_until": res.valid_until,
         "attestation": {
             "typed_data": typed_data(att, req.chain_id, gate),
             "signature": sign(att, req.chain_id, gate, key),
@@ -199,62 +373,59 @@ def decide(
     }
 
 
-NONCE_USED = selector("nonce_used(address,uint256)")
+async def gated(cfg: OmnimarginConfig, world: World, store: Store, accounts: list[str]) -> World:
+    """``world`` with every gate read at its pinned block (the store's active attestations and
+    ``accounts``' counters), and the store told what that state shows of them."""
+    rows = store.active()
+    gates, why = await read_gates(cfg, world, [(r.account, r.nonce) for r in rows], accounts)
+    store.mark(settled(rows, gates))
+    return with_gates(world, gates, why)
 
 
-async def consumed_nonces(
-    cfg: OmnimarginConfig, account: str, pending: list[Reservation]
-) -> set[int]:
-    """Nonces of ``pending`` that their chain's MarginGate has consumed (the position is on
-    chain). A chain that cannot be asked keeps its reservations: they keep holding margin."""
-    used: set[int] = set()
-    by_chain: dict[int, list[Reservation]] = {}
-    for r in pending:
-        by_chain.setdefault(r.chain_id, []).append(r)
-    for chain_id, rows in by_chain.items():
-        chain = cfg.chain(chain_id)
-        if chain.margin_gate is None:
-            continue
-        client = ChainClient(chain)
-        try:
-            for r in rows:
-                data = NONCE_USED + address_word(account) + r.nonce.to_bytes(32, "big")
-                call = {"to": chain.margin_gate, "data": "0x" + data.hex()}
-                answer = as_bytes(await client.call("eth_call", [call, "latest"]))
-                if word_uint(answer) == 1:
-                    used.add(r.nonce)
-        except (ChainError, Web3Exception, DecodingError):
-            continue
-        finally:
-            await client.close()
-    return used
+def held_margin(state: AccountState, rows: list[Reservation]) -> float:
+    """Margin the account's outstanding attestations hold over its IM now: the worst case
+    over them minus IM (0 when none is outstanding, or none adds risk)."""
+    outs = outstanding(rows, state.world.gates)
+    if not outs:
+        return 0.0
+    changes = [change_of(state.world, r.kind, r.market, Decimal(r.size_delta)) for r in outs]
+    if any(c is None for c in changes) or group_count(changes) > MAX_GROUPS:  # type: ignore[arg-type]
+        return float("inf")
+    wc = worst_case(state.scenario_pnl(), state.scen, changes, state.policy)  # type: ignore[arg-type]
+    return max(wc.shortfall - state.figures.initial_margin, 0.0)
 
 
-def settle(cfg: OmnimarginConfig, store: Store, account: str) -> int:
-    """Release the reservations whose positions reached the chain; returns how many."""
-    pending = [r for r in store.reservations(account) if r.state == "active"]
-    if not pending:
-        return 0
-    return store.mark_filled(account, asyncio.run(consumed_nonces(cfg, account, pending)))
+def fresh_state(
+    cfg: OmnimarginConfig, store: Store, key: LocalAccount, account: str
+) -> AccountState:
+    """The account's state from a read of every chain and gate now, the store's counters
+    synced with the gates first (a bump when the store is new or behind)."""
+    sync_counters(cfg, store, key)
+    policy, _ = policy_of(cfg)
+    world = asyncio.run(read_world(cfg, [account], tolerance=policy.price_tolerance))
+    world = asyncio.run(gated(cfg, world, store, [account]))
+    return account_state(cfg, world, account)
 
 
 def authorize(
     cfg: OmnimarginConfig, req: Request, store: Store, key: LocalAccount
 ) -> dict[str, Any]:
-    """Settle filled reservations, read every chain now, then decide (refused if a chain
-    reorganised past its pinned block meanwhile)."""
+    """Sync the gate counters, read every chain and gate now, then decide (refused if a chain
+    reorganised past its pinned block meanwhile, or the target chain's clock is off)."""
     check_request(cfg, req)
-    settle(cfg, store, req.account)
-    policy, _ = policy_of(cfg)
-    world = asyncio.run(read_world(cfg, [req.account], tolerance=policy.price_tolerance))
-    state = account_state(cfg, world, req.account)
-    return decide(cfg, state, req, store, key, asyncio.run(canonical_reasons(cfg, world)))
+    state = fresh_state(cfg, store, key, req.account)
+    world = state.world
+    extra = asyncio.run(canonical_reasons(cfg, world, req.chain_id, state.allowance_s))
+    return decide(cfg, state, req, store, key, extra)
 
 
-async def canonical_reasons(cfg: OmnimarginConfig, world: World) -> tuple[str, ...]:
-    """One check, now, that ``world``'s pinned blocks are still canonical."""
+async def canonical_reasons(
+    cfg: OmnimarginConfig, world: World, target: int | None = None, allowance_s: float = 30
+) -> tuple[str, ...]:
+    """One check, now, that ``world``'s pinned blocks are still canonical and ``target``'s
+    clock is within ``allowance_s`` of the wall clock."""
     check = CanonicalCheck(cfg)
     try:
-        return await check.reasons(world)
+        return await check.reasons(world, target, allowance_s)
     finally:
         await check.close()

@@ -1,16 +1,19 @@
-"""Durable margin reservations and attestation nonces in SQLite.
+"""Durable reservations, attestation nonces, gate counters and idempotency keys in SQLite.
 
-An approved authorisation reserves its margin until its position appears on chain
-(``mark_filled``) or its attestation expires, so two authorisations that each fit alone but not
-together cannot both be approved. Every approval is one ``BEGIN IMMEDIATE`` transaction, which
-serialises writers across threads and processes; the commit is durable (WAL journal,
-``synchronous=FULL``) before :meth:`Store.authorize` returns, so whatever a client was told
-survives a ``kill -9`` or a power cut.
+Every approved attestation is a reservation: it stays outstanding, and the gate's invariant
+counts it (aggregator/gate.py), until a pinned state shows it executed, cancelled, superseded
+by the gate's counter, or past its ``validUntil`` (docs/ARCHITECTURE.md, "The gate's
+contract"). Nonces are random 256-bit numbers, so no store, new or restored, reuses one; the
+counter the store issues under is the gate's, bumped when the store is new or behind the chain.
+Every approval is one ``BEGIN IMMEDIATE`` transaction, which serialises writers across threads
+and processes; the commit is durable (WAL journal, ``synchronous=FULL``) before
+:meth:`Store.authorize` returns, so whatever a client was told survives a ``kill -9``.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -24,40 +27,64 @@ from eth_utils import is_address, to_checksum_address
 
 from aggregator.errors import AggregatorError, InputError
 
-ACTIVE: Final = "active"
-FILLED: Final = "filled"
-EXPIRED: Final = "expired"
-RELEASED: Final = "released"
-STATES: Final = (ACTIVE, FILLED, EXPIRED, RELEASED)
+ACTIVE: Final = "active"  # outstanding: signed, not yet seen executed or dead
+FILLED: Final = "filled"  # seen executed at ``seen_block`` of its chain
+CANCELLED: Final = "cancelled"  # seen cancelled by the account, or its counter superseded
+EXPIRED: Final = "expired"  # seen unused at a pinned block past its validUntil
+RELEASED: Final = "released"  # given up before anyone was told (never signed out)
+STATES: Final = (ACTIVE, FILLED, CANCELLED, EXPIRED, RELEASED)
+LIVE: Final = (ACTIVE, FILLED)  # rows a decision on an older pinned state may still need
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 BUSY_TIMEOUT_S: Final = 10.0
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS reservations (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     account     TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
     chain_id    INTEGER NOT NULL,
     market      TEXT    NOT NULL,
     size_delta  TEXT    NOT NULL,
     amount_usd  TEXT    NOT NULL,
-    nonce       INTEGER NOT NULL,
+    nonce       TEXT    NOT NULL,
+    counter     TEXT    NOT NULL,
     issued_at   INTEGER NOT NULL,
     valid_until INTEGER NOT NULL,
     state       TEXT    NOT NULL CHECK (state IN {STATES!r}),
+    seen_block  INTEGER,
     UNIQUE (account, nonce)
 );
-CREATE INDEX IF NOT EXISTS reservations_active ON reservations (account, state);
-CREATE TABLE IF NOT EXISTS nonces (
-    account TEXT    PRIMARY KEY,
-    last    INTEGER NOT NULL
+CREATE INDEX IF NOT EXISTS reservations_live ON reservations (account, state);
+CREATE INDEX IF NOT EXISTS reservations_state ON reservations (state);
+CREATE TABLE IF NOT EXISTS counters (
+    chain_id INTEGER PRIMARY KEY,
+    gate     TEXT    NOT NULL,
+    counter  TEXT    NOT NULL,
+    block    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key        TEXT    PRIMARY KEY,
+    body_hash  TEXT    NOT NULL,
+    response   TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 """
 _COLUMNS = (
-    "id, account, chain_id, market, size_delta, amount_usd, nonce, issued_at, valid_until, state"
+    "id, account, kind, chain_id, market, size_delta, amount_usd, nonce, counter, issued_at,"
+    " valid_until, state, seen_block"
 )
 
-Row = tuple[int, str, int, str, str, str, int, int, int, str]
+Row = tuple[int, str, str, int, str, str, str, str, str, int, int, str, int | None]
+
+
+class IdempotentReplay(AggregatorError):
+    """An idempotency key already used within its lifetime: the body hash it was used with and
+    the response then given."""
+
+    def __init__(self, key: str, body_hash: str, response: str) -> None:
+        super().__init__(f"idempotency key {key!r} already used")
+        self.key, self.body_hash, self.response = key, body_hash, response
 
 
 class StoreError(AggregatorError):
@@ -66,32 +93,73 @@ class StoreError(AggregatorError):
 
 @dataclass(frozen=True)
 class Reservation:
-    """Margin held by one approved authorisation.
+    """One approved attestation and what has been seen of it.
 
-    ``size_delta`` is the attested size change as a decimal string; ``amount_usd`` the margin
-    it holds; ``nonce`` the attestation's nonce, unique per account; ``issued_at`` and
-    ``valid_until`` unix seconds; ``state`` one of ``active``, ``filled``, ``expired``,
-    ``released``. Only ``active`` reservations with ``valid_until >= now`` hold margin.
+    ``kind`` is what it authorises (``position``); ``size_delta`` the attested change as a
+    decimal string on ``market`` of chain ``chain_id``; ``amount_usd`` the margin the worst case
+    grew by when it was approved (informative: decisions recompute the worst case); ``nonce``
+    its random 256-bit nonce and ``counter`` the gate counter it carries; ``issued_at`` and
+    ``valid_until`` unix seconds (wall clock); ``state`` one of :data:`STATES`, and
+    ``seen_block`` the block of ``chain_id`` at which a final state was seen.
     """
 
     id: int
     account: str
+    kind: str
     chain_id: int
     market: str
     size_delta: str
     amount_usd: Decimal
     nonce: int
+    counter: int
     issued_at: int
     valid_until: int
     state: str
+    seen_block: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Reservation:
         """Build from a ``reservations`` row in the order of ``_COLUMNS``."""
-        rid, account, chain_id, market, size, amount, nonce, issued, until, state = row
+        rid, account, kind, chain, market, size, amount, nonce, counter = row[:9]
+        issued, until, state, seen = row[9], row[10], row[11], row[12]
         return cls(
-            rid, account, chain_id, market, size, Decimal(amount), nonce, issued, until, state
+            rid,
+            account,
+            kind,
+            chain,
+            market,
+            size,
+            Decimal(amount),
+            int(nonce),
+            int(counter),
+            issued,
+            until,
+            state,
+            seen,
         )
+
+
+@dataclass(frozen=True)
+class NewReservation:
+    """What :meth:`Store.authorize` stores when the decision approves."""
+
+    kind: str
+    chain_id: int
+    market: str
+    size_delta: str
+    issued_at: int
+    valid_until: int
+    counter: int  # the gate's counter_of(account) the attestation carries
+
+
+@dataclass(frozen=True)
+class GateCounter:
+    """The counter the store issues attestations under on one chain's gate, set at ``block``."""
+
+    chain_id: int
+    gate: str
+    counter: int
+    block: int
 
 
 def checksum_account(account: str) -> str:
@@ -135,6 +203,8 @@ class Store:
             if version not in (0, SCHEMA_VERSION):
                 raise StoreError(
                     f"store {self.path}: schema version {version}, expected {SCHEMA_VERSION}"
+                    " (a store of an older omnimargin: move it away; the engine bumps the gate"
+                    " counters when it starts on a new store)"
                 )
             _create_schema(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -148,84 +218,119 @@ class Store:
     def authorize(
         self,
         account: str,
-        chain_id: int,
-        market: str,
-        size_delta: str,
-        amount_usd: Decimal,
-        now: int,
-        valid_until: int,
-        decide: Callable[[Decimal], bool],
+        new: NewReservation,
+        decide: Callable[[list[Reservation]], Decimal | None],
+        nonce: int | None = None,
+        idempotency: tuple[str, str] | None = None,
+        since: int = 0,
+        respond: Callable[[Reservation], str] | None = None,
     ) -> Reservation | None:
-        """Reserve ``amount_usd`` for ``account`` if ``decide`` approves, in one transaction.
+        """Store ``new`` for ``account`` if ``decide`` approves, in one transaction.
 
-        The account's reservations past ``valid_until`` are marked expired, then ``decide`` gets the
-        USD the account's other active reservations hold and returns whether the new one fits
-        (free margin - reserved - amount >= 0). It runs inside the write lock: keep it quick and
-        do not call the store from it. On approval the account's next nonce is taken and the
-        reservation stored; the commit is durable before this returns. Returns ``None`` when
-        ``decide`` refuses.
+        ``decide`` gets the account's live reservations (``active`` and ``filled``: the decision
+        keeps those its pinned state has not seen executed; filled rows valid until before
+        ``since``, the oldest pinned block time of the decision, cannot matter) and returns
+        the margin the new one holds, or None to refuse. It runs inside the write lock: keep it
+        quick and do not call the store from it. On approval a random 256-bit nonce (or
+        ``nonce``) is drawn and the row stored durably. ``idempotency`` =
+        (key, body hash) is claimed in the same transaction with the response ``respond``
+        makes of the new reservation; a key still alive raises :class:`IdempotentReplay`.
         """
         account = checksum_account(account)
-        _check_decimal("size_delta", size_delta)
-        amount = _check_decimal("amount_usd", amount_usd)
-        if amount < 0:
-            raise InputError("amount_usd", f"must be >= 0, got {amount_usd}")
-        if valid_until < now:
-            raise InputError("valid_until", f"{valid_until} is before now ({now})")
+        _check_decimal("size_delta", new.size_delta)
+        if new.valid_until < new.issued_at:
+            raise InputError("valid_until", f"{new.valid_until} is before {new.issued_at}")
         with self._transaction() as db:
-            _expire(db, account, now)
-            if not decide(_active_sum(db, account, now)):
+            if idempotency is not None:
+                _claimable(db, idempotency[0], new.issued_at)
+            counter = _counter(db, new.chain_id)
+            if counter is None or new.counter >> 128 != counter.counter:
+                raise StoreError(
+                    f"store {self.path}: chain {new.chain_id}: the attestation's counter is not "
+                    "the one the store issues under (the gate counters were resynced meanwhile)"
+                )
+            amount = decide(_live(db, account, since))
+            if amount is None:
                 return None
-            db.execute(
-                "INSERT INTO nonces (account, last) VALUES (?, 1)"
-                " ON CONFLICT (account) DO UPDATE SET last = last + 1",
-                (account,),
-            )
-            nonce = db.execute("SELECT last FROM nonces WHERE account = ?", (account,)).fetchone()[
-                0
-            ]
+            if amount < 0:
+                raise InputError("amount_usd", f"must be >= 0, got {amount}")
+            drawn = nonce if nonce is not None else secrets.randbits(256)
             cursor = db.execute(
-                "INSERT INTO reservations (account, chain_id, market, size_delta, amount_usd,"
-                " nonce, issued_at, valid_until, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active')",
-                (account, chain_id, market, size_delta, str(amount), nonce, now, valid_until),
+                f"INSERT INTO reservations ({_COLUMNS.split(', ', 1)[1]}) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', NULL)",
+                (
+                    account,
+                    new.kind,
+                    new.chain_id,
+                    new.market,
+                    new.size_delta,
+                    str(amount),
+                    str(drawn),
+                    str(new.counter),
+                    new.issued_at,
+                    new.valid_until,
+                ),
             )
             assert cursor.lastrowid is not None
-            return Reservation(
-                id=cursor.lastrowid,
-                account=account,
-                chain_id=chain_id,
-                market=market,
-                size_delta=size_delta,
-                amount_usd=amount,
-                nonce=nonce,
-                issued_at=now,
-                valid_until=valid_until,
-                state=ACTIVE,
+            made = Reservation(
+                cursor.lastrowid,
+                account,
+                new.kind,
+                new.chain_id,
+                new.market,
+                new.size_delta,
+                amount,
+                drawn,
+                new.counter,
+                new.issued_at,
+                new.valid_until,
+                ACTIVE,
             )
+            if idempotency is not None:
+                db.execute(
+                    "INSERT INTO idempotency (key, body_hash, response, expires_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (
+                        idempotency[0],
+                        idempotency[1],
+                        respond(made) if respond else "",
+                        new.valid_until,
+                    ),
+                )
+            return made
 
-    def reserved(self, account: str, now: int) -> Decimal:
-        """USD held by ``account``'s active reservations still valid at ``now``."""
+    def live(self, account: str, since: int = 0) -> list[Reservation]:
+        """``account``'s reservations that a decision may still count: active ones, and filled
+        ones valid until ``since`` or later."""
         with self._reading() as db:
-            return _active_sum(db, checksum_account(account), now)
+            return _live(db, checksum_account(account), since)
 
-    def mark_filled(self, account: str, nonces: Iterable[int]) -> int:
-        """Mark the reservations whose nonces the gate consumed as filled: their positions are
-        on chain and count in the portfolio, so they stop holding margin. Returns rows changed.
-        """
-        account = checksum_account(account)
+    def active(self) -> list[Reservation]:
+        """Every account's active reservations (what an epoch asks the gates about)."""
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM reservations WHERE state = 'active' ORDER BY id"
+            ).fetchall()
+        return [Reservation.from_row(row) for row in rows]
+
+    def mark(self, updates: Iterable[tuple[int, str, int]]) -> int:
+        """Record final states seen at pinned blocks: (reservation id, state, block). Only
+        active rows change (a row seen filled stays filled). Returns rows changed."""
         changed = 0
         with self._transaction() as db:
-            for nonce in set(nonces):
+            for rid, state, block in updates:
+                if state not in (FILLED, CANCELLED, EXPIRED):
+                    raise StoreError(f"store {self.path}: cannot mark a reservation {state!r}")
                 cursor = db.execute(
-                    "UPDATE reservations SET state = 'filled'"
-                    " WHERE account = ? AND nonce = ? AND state != 'filled'",
-                    (account, nonce),
+                    "UPDATE reservations SET state = ?, seen_block = ?"
+                    " WHERE id = ? AND state = 'active'",
+                    (state, block, rid),
                 )
                 changed += cursor.rowcount
         return changed
 
     def release(self, reservation_id: int) -> None:
-        """Stop an active reservation holding margin (its attestation will not be used)."""
+        """Stop an active reservation holding margin (its attestation was never handed out)."""
         with self._transaction() as db:
             row = db.execute(
                 "SELECT state FROM reservations WHERE id = ?", (reservation_id,)
@@ -254,7 +359,52 @@ class Store:
             rows = db.execute(
                 "SELECT nonce FROM reservations WHERE account = ?", (checksum_account(account),)
             ).fetchall()
-        return {nonce for (nonce,) in rows}
+        return {int(nonce) for (nonce,) in rows}
+
+    # gate counters -------------------------------------------------------------------------
+
+    def counters(self) -> dict[int, GateCounter]:
+        """The counter the store issues under, per chain id (empty for a new store)."""
+        with self._reading() as db:
+            rows = db.execute("SELECT chain_id, gate, counter, block FROM counters").fetchall()
+        return {c: GateCounter(c, g, int(n), b) for c, g, n, b in rows}
+
+    def set_counter(self, counter: GateCounter) -> int:
+        """Issue under ``counter`` on its chain from now on; the chain's active reservations
+        under an older counter are dead from ``counter.block`` on (marked cancelled)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO counters (chain_id, gate, counter, block) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (chain_id) DO UPDATE SET gate = excluded.gate,"
+                " counter = excluded.counter, block = excluded.block",
+                (counter.chain_id, counter.gate, str(counter.counter), counter.block),
+            )
+            return 0
+
+    # idempotency keys ----------------------------------------------------------------------
+
+    def remembered(self, key: str, now: int) -> tuple[str, str] | None:
+        """(body hash, response JSON) stored under ``key`` and alive at ``now``."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT body_hash, response FROM idempotency WHERE key = ? AND expires_at >= ?",
+                (key, now),
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def live_by_account(self, since: int = 0) -> dict[str, list[Reservation]]:
+        """Every account's live reservations (as :meth:`live`), in one query."""
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM reservations WHERE state = 'active'"
+                " OR (state = 'filled' AND valid_until >= ?) ORDER BY id",
+                (since,),
+            ).fetchall()
+        out: dict[str, list[Reservation]] = {}
+        for row in rows:
+            r = Reservation.from_row(row)
+            out.setdefault(r.account, []).append(r)
+        return out
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
@@ -319,20 +469,29 @@ def _create_schema(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
-def _expire(db: sqlite3.Connection, account: str, now: int) -> None:
-    """Mark ``account``'s active reservations past their validity expired (by the index)."""
-    db.execute(
-        "UPDATE reservations SET state = 'expired'"
-        " WHERE account = ? AND state = 'active' AND valid_until < ?",
-        (account, now),
-    )
-
-
-def _active_sum(db: sqlite3.Connection, account: str, now: int) -> Decimal:
-    """Exact sum of the amounts (TEXT) of ``account``'s active reservations valid at ``now``."""
+def _live(db: sqlite3.Connection, account: str, since: int) -> list[Reservation]:
     rows = db.execute(
-        "SELECT amount_usd FROM reservations"
-        " WHERE account = ? AND state = 'active' AND valid_until >= ?",
-        (account, now),
+        f"SELECT {_COLUMNS} FROM reservations WHERE account = ? AND (state = 'active'"
+        " OR (state = 'filled' AND valid_until >= ?)) ORDER BY id",
+        (account, since),
     ).fetchall()
-    return sum((Decimal(amount) for (amount,) in rows), Decimal(0))
+    return [Reservation.from_row(row) for row in rows]
+
+
+def _claimable(db: sqlite3.Connection, key: str, now: int) -> None:
+    """Raise IdempotentReplay if ``key`` is alive at ``now``; forget it if it expired."""
+    row = db.execute(
+        "SELECT body_hash, response, expires_at FROM idempotency WHERE key = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return
+    if int(row[2]) >= now:
+        raise IdempotentReplay(key, str(row[0]), str(row[1]))
+    db.execute("DELETE FROM idempotency WHERE key = ?", (key,))
+
+
+def _counter(db: sqlite3.Connection, chain_id: int) -> GateCounter | None:
+    row = db.execute(
+        "SELECT chain_id, gate, counter, block FROM counters WHERE chain_id = ?", (chain_id,)
+    ).fetchone()
+    return None if row is None else GateCounter(row[0], row[1], int(row[2]), row[3])

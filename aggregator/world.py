@@ -8,8 +8,8 @@ concurrently; the rest of the margin path is plain functions of a :class:`World`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from eth_utils.crypto import keccak
@@ -19,7 +19,9 @@ from bridge_adapters.holdings import Holdings, build_holdings
 from chains.config import OmnimarginConfig
 from chains.errors import ChainError
 from chains.inflight import InflightRead, read_inflight
+from chains.margin_gate import GateState, read_gate
 from chains.reader import ChainReader, PinnedBlock
+from chains.rpc import ChainClient
 from chains.types import ChainId, ChainSnapshot, ChainStatus, FeedStatus
 
 
@@ -31,6 +33,9 @@ class World:
     holdings: dict[str, Holdings]
     prices: dict[str, AssetPrice]
     reasons: tuple[str, ...]  # degraded data that concerns every account
+    # each gate at its chain's pinned block: nonce statuses of the outstanding attestations
+    # and the accounts' counters (aggregator.world.with_gates; empty until read)
+    gates: dict[int, GateState] = field(default_factory=dict)
 
     def snapshot(self, chain_id: int) -> ChainSnapshot:
         return next(s for s in self.snapshots if s.chain_id == chain_id)
@@ -127,3 +132,39 @@ async def read_world(
         price_assets(snaps, tolerance),
         tuple(reasons),
     )
+
+
+async def read_gates(
+    config: OmnimarginConfig,
+    world: World,
+    nonces: Iterable[tuple[str, int]],
+    accounts: Iterable[str] = (),
+    timeout_s: float = 30.0,
+) -> tuple[dict[int, GateState], tuple[str, ...]]:
+    """Every MarginGate at its chain's pinned block: the status of each (account, nonce) and
+    the counter of each account (those of ``nonces`` and ``accounts``). Returns the states and
+    the reasons a gate could not be read (a decision then refuses: it cannot know what is
+    outstanding)."""
+    asked = sorted(set(nonces))
+    extra = sorted({str(a) for a in accounts} - {a for a, _ in asked})
+
+    async def one(snap: ChainSnapshot) -> GateState | str:
+        chain = config.chain(int(snap.chain_id))
+        client = ChainClient(chain)
+        block = (int(snap.block_number or 0), str(snap.block_hash), int(snap.timestamp or 0))
+        try:
+            return await asyncio.wait_for(read_gate(client, chain, block, asked, extra), timeout_s)
+        except (ChainError, OSError, TimeoutError) as exc:
+            return f"chain {snap.name} ({snap.chain_id}): MarginGate unreadable: {exc}"
+        finally:
+            await client.close()
+
+    snaps = [s for s in world.snapshots if s.ok and config.chain(int(s.chain_id)).margin_gate]
+    found = await asyncio.gather(*(one(s) for s in snaps))
+    states = {g.chain_id: g for g in found if isinstance(g, GateState)}
+    return states, tuple(g for g in found if isinstance(g, str))
+
+
+def with_gates(world: World, gates: dict[int, GateState], reasons: tuple[str, ...]) -> World:
+    """``world`` with its gates' pinned states (and the reasons some could not be read)."""
+    return replace(world, gates=gates, reasons=tuple(dict.fromkeys((*world.reasons, *reasons))))

@@ -18,6 +18,7 @@ from typing import Any
 from eth_account import Account
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
+from web3.types import RPCEndpoint
 
 from chains.devnet_web3 import contract_at, deploy, send
 from chains.errors import DevnetError
@@ -28,6 +29,7 @@ PERP_MARKET = "PerpMarket"
 PERP_ASSETS = ("ETH", "BTC", "LINK")  # markets listed where the chain has the asset's feed
 SIGNER_KEY_FILE = "signer.key"
 DEVNET_SIGNER_KEY = bytes(keccak(text="omnimargin devnet signer"))
+SIGNER_GAS = 100 * 10**18  # wei the devnet signer holds for its counter bumps
 
 
 def devnet_signer_address() -> str:
@@ -54,6 +56,8 @@ async def deploy_margin(
     await send(w3, gate.functions.set_market(perp_addr, True), deployer, "register PerpMarket")
     signer = devnet_signer_address()
     await send(w3, gate.functions.add_signer(signer), deployer, "add devnet signer")
+    # the engine sends one transaction itself (bumping the gate counter on a new store): gas
+    await w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [signer, hex(SIGNER_GAS)])
     return {MARGIN_GATE: str(gate_addr), PERP_MARKET: str(perp_addr)}
 
 

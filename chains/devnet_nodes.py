@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_FILE = "devnet.json"
 HOST = "127.0.0.1"
 CHAIN_ID_BASE = 31337000
+BLOCK_TIME_S = 1
 GAS_LIMIT = 100_000_000  # room for mint_batch over 1,000 accounts in one transaction
 
 
@@ -198,6 +199,10 @@ def spawn_anvil(anvil: str, spec: NodeSpec, port: int, directory: Path) -> Node:
         "--port", str(port),
         "--chain-id", str(spec.chain_id),
         "--gas-limit", str(GAS_LIMIT),
+        # transactions mined at once, and a block every second as a live chain: its head's
+        # clock follows the wall clock (attestations are timed by it)
+        "--block-time", str(BLOCK_TIME_S),
+        "--mixed-mining",
         "--silent",
     ]  # fmt: skip
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -4,8 +4,15 @@
 @notice DESIGN.md, "Attestations". Domain {name "omnimargin", version "1", chainId = chain.id,
         verifyingContract = this gate}. An attestation is accepted when its signature is a
         canonical secp256k1 signature (65 bytes, v 27 or 28, s in the lower half order) by a
-        signer in the owner's signer set, it is within [issuedAt, validUntil], and its nonce is
-        unused for its account. Registered markets consume it: the nonce is then spent.
+        signer in the owner's signer set, it is within [issuedAt, validUntil], its nonce is
+        neither spent nor cancelled for its account, and its counter is the account's current
+        counter. Registered markets consume it: the nonce is then spent.
+        Counters (as Seaport's incrementCounter): `counter_of(account)` is
+        global_counter * 2**128 + account_counter[account]. The owner or a signer bumps the
+        global counter (every earlier attestation of every account dies: the engine does this
+        when its store is new or behind the chain); an account bumps its own. An account may
+        also cancel one outstanding attestation by its nonce.
+        docs/ARCHITECTURE.md, "The gate's contract".
 """
 
 struct MarginAttestation:
@@ -19,6 +26,7 @@ struct MarginAttestation:
     issuedAt: uint64
     validUntil: uint64
     nonce: uint256
+    counter: uint256
 
 event SignerAdded:
     signer: indexed(address)
@@ -34,6 +42,14 @@ event OwnershipTransferred:
     previous_owner: indexed(address)
     new_owner: indexed(address)
 
+event AttestationCancelled:
+    account: indexed(address)
+    nonce: uint256
+
+event CounterIncremented:
+    account: indexed(address)  # empty(address): the global counter
+    counter: uint256
+
 event AttestationConsumed:
     account: indexed(address)
     market: indexed(bytes32)
@@ -47,7 +63,7 @@ DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
 ATTESTATION_TYPEHASH: constant(bytes32) = keccak256(
     "MarginAttestation(address account,bytes32 market,int256 sizeDelta,uint256 equity,"
     "uint256 initialMargin,bytes32 snapshotHash,bytes32 riskModelHash,uint64 issuedAt,"
-    "uint64 validUntil,uint256 nonce)"
+    "uint64 validUntil,uint256 nonce,uint256 counter)"
 )
 NAME_HASH: constant(bytes32) = keccak256("omnimargin")
 VERSION_HASH: constant(bytes32) = keccak256("1")
@@ -62,6 +78,11 @@ is_signer: public(HashMap[address, bool])
 is_market: public(HashMap[address, bool])
 # account -> nonce -> spent
 nonce_used: public(HashMap[address, HashMap[uint256, bool]])
+# account -> nonce -> cancelled by the account
+nonce_cancelled: public(HashMap[address, HashMap[uint256, bool]])
+global_counter: public(uint256)
+account_counter: public(HashMap[address, uint256])
+COUNTER_SHIFT: constant(uint256) = 2**128
 
 
 @deploy
@@ -109,6 +130,55 @@ def set_market(_market: address, _allowed: bool):
 
 @internal
 @view
+def _counter_of(_account: address) -> uint256:
+    return self.global_counter * COUNTER_SHIFT + self.account_counter[_account]
+
+
+@external
+@view
+def counter_of(_account: address) -> uint256:
+    """@notice The counter an attestation of `_account` must carry to be accepted now."""
+    return self._counter_of(_account)
+
+
+@external
+@view
+def nonce_status(_account: address, _nonce: uint256) -> uint256:
+    """@notice 0: unused, 1: consumed (its position was opened), 2: cancelled by the account."""
+    if self.nonce_used[_account][_nonce]:
+        return 1
+    if self.nonce_cancelled[_account][_nonce]:
+        return 2
+    return 0
+
+
+@external
+def increment_counter() -> uint256:
+    """@notice Invalidate every attestation issued so far, of every account (owner or signer)."""
+    assert msg.sender == self.owner or self.is_signer[msg.sender], "gate: only owner or signer"
+    self.global_counter += 1
+    log CounterIncremented(account=empty(address), counter=self.global_counter)
+    return self.global_counter
+
+
+@external
+def increment_account_counter() -> uint256:
+    """@notice Invalidate every attestation issued so far to the caller's account."""
+    self.account_counter[msg.sender] += 1
+    log CounterIncremented(account=msg.sender, counter=self.account_counter[msg.sender])
+    return self._counter_of(msg.sender)
+
+
+@external
+def cancel(_nonce: uint256):
+    """@notice The caller gives up its attestation `_nonce` (unless already consumed)."""
+    assert not self.nonce_used[msg.sender][_nonce], "gate: nonce used"
+    self.nonce_cancelled[msg.sender][_nonce] = True
+    log AttestationCancelled(account=msg.sender, nonce=_nonce)
+
+
+@internal
+@view
 def _domain_separator() -> bytes32:
     return keccak256(abi_encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, chain.id, self))
 
@@ -135,6 +205,7 @@ def _digest(_att: MarginAttestation) -> bytes32:
             _att.issuedAt,
             _att.validUntil,
             _att.nonce,
+            _att.counter,
         )
     )
     return keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
@@ -162,6 +233,8 @@ def _verify(_att: MarginAttestation, _signature: Bytes[65]) -> address:
     assert block.timestamp <= convert(_att.validUntil, uint256), "gate: expired"
     assert convert(_att.issuedAt, uint256) <= block.timestamp, "gate: not yet valid"
     assert not self.nonce_used[_att.account][_att.nonce], "gate: nonce used"
+    assert not self.nonce_cancelled[_att.account][_att.nonce], "gate: nonce cancelled"
+    assert _att.counter == self._counter_of(_att.account), "gate: old counter"
     return signer
 
 

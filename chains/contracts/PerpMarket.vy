@@ -19,6 +19,7 @@ struct MarginAttestation:
     issuedAt: uint64
     validUntil: uint64
     nonce: uint256
+    counter: uint256
 
 struct Position:
     size: int256

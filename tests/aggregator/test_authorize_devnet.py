@@ -16,7 +16,7 @@ from web3.exceptions import ContractLogicError
 
 from aggregator.accounts import margin_report, policy_of, scenario_set
 from aggregator.attestation import MarginAttestation, load_signer_key
-from aggregator.authorize import Request, account_state, decide, settle
+from aggregator.authorize import Request, decide, fresh_state, held_margin
 from aggregator.store import Store
 from aggregator.world import read_world
 from chains.compile import load_artifact
@@ -40,13 +40,13 @@ def _perp(cfg: OmnimarginConfig, chain_id: int) -> tuple[Web3, Any]:
 def _decide(
     cfg: OmnimarginConfig, store: Store, market: str, size: str, chain_id: int = B
 ) -> dict[str, Any]:
-    world = asyncio.run(read_world(cfg, [ACCOUNT]))
+    key = load_signer_key(cfg.signer)
     return decide(
         cfg,
-        account_state(cfg, world, ACCOUNT),
+        fresh_state(cfg, store, key, ACCOUNT),
         Request(ACCOUNT, chain_id, market, Decimal(size)),
         store,
-        load_signer_key(cfg.signer),
+        key,
     )
 
 
@@ -109,13 +109,13 @@ def test_authorise_on_b_submit_and_see_it_in_the_next_snapshot(
     )
     with pytest.raises(ContractLogicError, match="unknown signer"):
         perp.functions.open(bigger.as_tuple(), sig).call({"from": relayer})
-    # the position is on chain: its reservation stops holding margin
+    # the position is on chain: once a pinned state shows it, its reservation holds nothing
     store = Store(path)
     try:
         assert [r.state for r in store.reservations(ACCOUNT)] == ["active"]
-        assert settle(cfg, store, ACCOUNT) == 1
+        state = fresh_state(cfg, store, load_signer_key(cfg.signer), ACCOUNT)
         assert [r.state for r in store.reservations(ACCOUNT)] == ["filled"]
-        assert store.reserved(ACCOUNT, att.issued_at) == 0
+        assert held_margin(state, store.live(ACCOUNT)) == 0
     finally:
         store.close()
 
@@ -147,15 +147,16 @@ def test_reservations_cap_concurrent_approvals_and_survive_a_restart(
     free = report["free_margin"]
     # a long BTC size whose extra IM is about a fifth of the free margin (IM grows ~linearly)
     probe = Store(tmp_path / "probe.sqlite")
-    state = account_state(cfg, world, ACCOUNT)
+    pstate = fresh_state(cfg, probe, load_signer_key(cfg.signer), ACCOUNT)
     one = decide(
-        cfg, state, Request(ACCOUNT, B, "BTC", Decimal("1")), probe, load_signer_key(cfg.signer)
+        cfg, pstate, Request(ACCOUNT, B, "BTC", Decimal("1")), probe, load_signer_key(cfg.signer)
     )
     probe.close()
     step = one["initial_margin_after"] - one["initial_margin_before"]
     size = Decimal(str(round(free / 5.5 / step, 6)))
     store = Store(tmp_path / "state.sqlite")
     key = load_signer_key(cfg.signer)
+    state = fresh_state(cfg, store, key, ACCOUNT)
 
     def attempt(_: int) -> dict[str, Any]:
         return decide(cfg, state, Request(ACCOUNT, B, "BTC", size), store, key)

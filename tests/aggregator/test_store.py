@@ -1,5 +1,6 @@
-"""The reservation store on real SQLite files: margin held until filled or expired, nonces
-never issued twice across threads and processes, and what was acknowledged survives kill -9."""
+"""The reservation store on real SQLite files: the decision sees every live reservation inside
+its transaction, random nonces never repeat across threads, processes and new stores, final
+states are kept, idempotency keys replay, and what was acknowledged survives kill -9."""
 
 from __future__ import annotations
 
@@ -10,83 +11,94 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from decimal import Decimal
 from multiprocessing.queues import Queue
 from pathlib import Path
 
 import pytest
 
-from aggregator.errors import InputError
-from aggregator.store import Reservation, Store, StoreError
+from aggregator.store import (
+    GateCounter,
+    IdempotentReplay,
+    NewReservation,
+    Reservation,
+    Store,
+    StoreError,
+)
 
 ALICE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 BOB = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 NOW = 1_700_000_000
-FREE = Decimal("500")  # free margin covering five authorisations of AMOUNT
-AMOUNT = Decimal("100")
+CHAIN = 31337
+COUNTER = 7  # the store's global counter on CHAIN
+FULL = COUNTER << 128  # counter_of(account) for an account that never bumped its own
+LIMIT = 5  # a toy limit: at most five live reservations per account
 
 
-def _fits(reserved: Decimal) -> bool:
-    return FREE - reserved - AMOUNT >= 0
+def _new(size: str = "10", until: int = NOW + 60) -> NewReservation:
+    return NewReservation("position", CHAIN, "ETH", size, NOW, until, FULL)
+
+
+def _fits(rows: list[Reservation]) -> Decimal | None:
+    return Decimal(100) if len(rows) < LIMIT else None
 
 
 def _authorize(store: Store, account: str = ALICE, until: int = NOW + 60) -> Reservation | None:
-    return store.authorize(account, 31337, "ETH-PERP", "10", AMOUNT, NOW, until, _fits)
+    return store.authorize(account, _new(until=until), _fits)
+
+
+def _open(path: Path) -> Store:
+    store = Store(path)
+    store.set_counter(GateCounter(CHAIN, "0x" + "11" * 20, COUNTER, 100))
+    return store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "state" / "store.db")
+    return _open(tmp_path / "state" / "store.db")
 
 
-def test_decide_sees_the_reserved_sum_and_refuses_what_fits_only_alone(store: Store) -> None:
-    seen: list[Decimal] = []
+def test_decide_sees_the_live_rows_of_its_account_only(store: Store) -> None:
+    seen: list[list[int]] = []
 
-    def decide(reserved: Decimal) -> bool:
-        seen.append(reserved)
-        return Decimal("150") - reserved - Decimal("100") >= 0
+    def decide(rows: list[Reservation]) -> Decimal | None:
+        seen.append([r.id for r in rows])
+        return Decimal("1.5")
 
-    first = store.authorize(ALICE, 1, "ETH-PERP", "5", Decimal("100"), NOW, NOW + 60, decide)
-    second = store.authorize(ALICE, 10, "BTC-PERP", "-5", Decimal("100"), NOW, NOW + 60, decide)
-    assert first is not None and second is None
-    assert seen == [Decimal(0), Decimal("100")]
-    assert first.nonce == 1 and first.state == "active" and first.amount_usd == Decimal("100")
-    assert store.reserved(ALICE, NOW) == Decimal("100")
-    assert store.reserved(BOB, NOW) == Decimal(0)
-
-
-def test_amounts_are_exact_and_accounts_checksummed(store: Store) -> None:
-    for _ in range(3):
-        store.authorize(
-            ALICE.lower(), 1, "ETH-PERP", "1", Decimal("0.1"), NOW, NOW + 60, lambda r: True
-        )
-    assert store.reserved(ALICE, NOW) == Decimal("0.3")
-    assert {r.account for r in store.reservations()} == {ALICE}
-    assert store.used_nonces(ALICE.upper().replace("0X", "0x")) == {1, 2, 3}
+    first = store.authorize(ALICE, _new("5"), decide)
+    second = store.authorize(ALICE, _new("-5"), decide)
+    other = store.authorize(BOB, _new("1"), decide)
+    assert first is not None and second is not None and other is not None
+    assert seen == [[], [first.id], []]
+    assert (second.size_delta, second.amount_usd, second.counter) == ("-5", Decimal("1.5"), FULL)
+    assert first.nonce != second.nonce and first.nonce.bit_length() > 200  # random 256-bit
+    assert [r.id for r in store.live(ALICE)] == [first.id, second.id]
+    assert store.authorize(ALICE, _new(), lambda rows: None) is None  # a refusal stores nothing
+    assert len(store.reservations(ALICE)) == 2
 
 
-def test_bad_input_is_refused(store: Store) -> None:
-    with pytest.raises(InputError, match="account"):
-        store.authorize("alice", 1, "m", "1", AMOUNT, NOW, NOW + 1, _fits)
-    with pytest.raises(InputError, match="amount_usd"):
-        store.authorize(ALICE, 1, "m", "1", Decimal("-1"), NOW, NOW + 1, _fits)
-    with pytest.raises(InputError, match="valid_until"):
-        store.authorize(ALICE, 1, "m", "1", AMOUNT, NOW, NOW - 1, _fits)
-    assert store.reservations() == []
+def test_an_approval_needs_the_counter_the_store_issues_under(tmp_path: Path) -> None:
+    fresh = Store(tmp_path / "new.db")
+    with pytest.raises(StoreError, match="counter"):
+        fresh.authorize(ALICE, _new(), _fits)  # a new store has none: it must sync first
+    fresh.set_counter(GateCounter(CHAIN, "0x" + "11" * 20, COUNTER + 1, 120))
+    with pytest.raises(StoreError, match="counter"):
+        fresh.authorize(ALICE, _new(), _fits)  # issued under an older counter
+    assert fresh.counters()[CHAIN].block == 120
+    fresh.close()
 
 
 def test_twenty_threads_approve_exactly_what_fits(store: Store) -> None:
     barrier = threading.Barrier(20)
     results: list[Reservation | None] = []
 
-    def slow_fits(reserved: Decimal) -> bool:
+    def slow_fits(rows: list[Reservation]) -> Decimal | None:
         time.sleep(0.005)  # let the other threads run while this one decides
-        return _fits(reserved)
+        return _fits(rows)
 
     def attempt() -> None:
         barrier.wait()
-        results.append(store.authorize(ALICE, 1, "ETH-PERP", "1", AMOUNT, NOW, NOW + 60, slow_fits))
+        results.append(store.authorize(ALICE, _new(), slow_fits))
 
     threads = [threading.Thread(target=attempt) for _ in range(20)]
     for thread in threads:
@@ -94,9 +106,9 @@ def test_twenty_threads_approve_exactly_what_fits(store: Store) -> None:
     for thread in threads:
         thread.join()
     approved = [r for r in results if r is not None]
-    assert len(results) == 20 and len(approved) == 5
-    assert sorted(r.nonce for r in approved) == [1, 2, 3, 4, 5]
-    assert store.reserved(ALICE, NOW) == FREE
+    assert len(results) == 20 and len(approved) == LIMIT
+    assert len({r.nonce for r in approved}) == LIMIT
+    assert len(store.live(ALICE)) == LIMIT
 
 
 def _process_attempts(path: Path, start: threading.Event, out: Queue[list[int]]) -> None:
@@ -107,7 +119,7 @@ def _process_attempts(path: Path, start: threading.Event, out: Queue[list[int]])
 
 def test_four_processes_share_the_limit_and_the_nonces(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    Store(path).close()
+    _open(path).close()
     context = multiprocessing.get_context("fork")
     start = context.Event()
     out: Queue[list[int]] = context.Queue()
@@ -119,35 +131,74 @@ def test_four_processes_share_the_limit_and_the_nonces(tmp_path: Path) -> None:
     for worker in workers:
         worker.join(timeout=30)
         assert worker.exitcode == 0
-    assert len(nonces) == 5 and len(set(nonces)) == 5
+    assert len(nonces) == LIMIT and len(set(nonces)) == LIMIT
     with Store(path) as store:
-        assert sorted(store.used_nonces(ALICE)) == sorted(nonces)
-        assert store.reserved(ALICE, NOW) == FREE
+        assert store.used_nonces(ALICE) == set(nonces)
 
 
-def test_a_restart_keeps_reservations_and_continues_the_nonces(tmp_path: Path) -> None:
+def test_final_states_stay_and_only_live_rows_are_loaded(store: Store) -> None:
+    rows = [_authorize(store) for _ in range(4)]
+    assert all(r is not None for r in rows)
+    a, b, c, d = (r.id for r in rows if r is not None)
+    assert store.mark([(a, "filled", 10), (b, "cancelled", 11), (c, "expired", 12)]) == 3
+    assert store.mark([(a, "expired", 13)]) == 0  # a row seen filled stays filled
+    states = {r.id: (r.state, r.seen_block) for r in store.reservations(ALICE)}
+    assert states == {
+        a: ("filled", 10),
+        b: ("cancelled", 11),
+        c: ("expired", 12),
+        d: ("active", None),
+    }
+    assert [r.id for r in store.live(ALICE)] == [a, d]  # filled rows may matter to old states
+    assert [r.id for r in store.live(ALICE, since=NOW + 61)] == [d]  # ... until past validity
+    assert [r.id for r in store.active()] == [d]
+    with pytest.raises(StoreError, match="cannot mark"):
+        store.mark([(d, "active", 1)])
+    store.release(d)
+    assert store.live(ALICE, since=NOW + 61) == []
+
+
+def test_an_idempotency_key_replays_within_its_lifetime(store: Store) -> None:
+    first = store.authorize(
+        ALICE, _new(), _fits, idempotency=("k1", "hash-a"), respond=lambda r: f'{{"id": {r.id}}}'
+    )
+    assert first is not None
+    with pytest.raises(IdempotentReplay) as replay:
+        store.authorize(ALICE, _new(), _fits, idempotency=("k1", "hash-b"))
+    assert (replay.value.body_hash, replay.value.response) == ("hash-a", f'{{"id": {first.id}}}')
+    assert len(store.reservations(ALICE)) == 1
+    # past the attestation's lifetime the key is free again
+    later = NewReservation("position", CHAIN, "ETH", "1", NOW + 61, NOW + 120, FULL)
+    assert store.authorize(ALICE, later, _fits, idempotency=("k1", "hash-b")) is not None
+    assert store.remembered("k1", NOW + 61) == ("hash-b", "")
+
+
+def test_a_restart_keeps_reservations_and_a_new_store_never_reuses_a_nonce(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "store.db"
-    with Store(path) as store:
+    with _open(path) as store:
         first = [_authorize(store) for _ in range(3)]
-        store.mark_filled(ALICE, [1, 2, 3])
     with Store(path) as store:
-        assert store.reservations(ALICE) == [
-            replace(r, state="filled") for r in first if r is not None
-        ]
-        later = _authorize(store)
-        assert later is not None and later.nonce == 4
-        assert store.used_nonces(ALICE) == {1, 2, 3, 4}
+        assert [r.id for r in store.live(ALICE)] == [r.id for r in first if r is not None]
+        assert store.counters()[CHAIN].counter == COUNTER
+    with _open(tmp_path / "other.db") as other:
+        again = [_authorize(other) for _ in range(3)]
+    old = {r.nonce for r in first if r is not None}
+    assert not old & {r.nonce for r in again if r is not None}
 
 
 _CHILD = """
 import sys
 from decimal import Decimal
 from pathlib import Path
-from aggregator.store import Store
+from aggregator.store import GateCounter, NewReservation, Store
 
 store = Store(Path(sys.argv[1]))
+store.set_counter(GateCounter(1, "0x" + "11" * 20, 0, 0))
+new = NewReservation("position", 1, "ETH", "1", 0, 10, 0)
 while True:
-    r = store.authorize(sys.argv[2], 1, "ETH-PERP", "1", Decimal("1"), 0, 10, lambda s: True)
+    r = store.authorize(sys.argv[2], new, lambda rows: Decimal(1))
     print(r.nonce, flush=True)
 """
 
@@ -165,24 +216,7 @@ def test_every_acknowledged_nonce_survives_kill_9(tmp_path: Path) -> None:
     with Store(path) as store:
         stored = {r.nonce for r in store.reservations(ALICE) if r.state == "active"}
     assert set(acknowledged) <= stored
-    assert acknowledged == list(range(1, len(acknowledged) + 1))
-
-
-def test_expired_and_filled_reservations_stop_holding_margin(store: Store) -> None:
-    short = _authorize(store, until=NOW + 10)
-    long = _authorize(store, until=NOW + 100)
-    assert short is not None and long is not None
-    assert store.reserved(ALICE, NOW + 10) == 2 * AMOUNT
-    assert store.reserved(ALICE, NOW + 11) == AMOUNT
-    later = store.authorize(ALICE, 1, "m", "1", AMOUNT, NOW + 11, NOW + 60, _fits)
-    assert later is not None
-    states = {r.nonce: r.state for r in store.reservations(ALICE)}
-    assert states == {1: "expired", 2: "active", 3: "active"}
-    assert store.mark_filled(ALICE, [2, 2, 99]) == 1
-    assert store.reserved(ALICE, NOW + 11) == AMOUNT
-    store.release(later.id)
-    assert store.reserved(ALICE, NOW + 11) == Decimal(0)
-    assert store.used_nonces(ALICE) == {1, 2, 3}
+    assert len(set(acknowledged)) == len(acknowledged)
 
 
 def test_unknown_reservation_and_closed_store(store: Store) -> None:
@@ -190,7 +224,18 @@ def test_unknown_reservation_and_closed_store(store: Store) -> None:
         store.release(7)
     store.close()
     with pytest.raises(StoreError, match="closed"):
-        store.reserved(ALICE, NOW)
+        store.live(ALICE)
+
+
+def test_an_old_schema_is_refused_with_its_path(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 1, expected 2"):
+        Store(path)
 
 
 def test_a_corrupt_file_names_its_path(tmp_path: Path) -> None:
