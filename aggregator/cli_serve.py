@@ -64,7 +64,12 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         accounts={str(a) for a in cfg.accounts},
         on_epoch=metrics.on_epoch,
         pnl_budget_mb=settings.pnl_cache_mb,
+        pinned=frozenset(str(a) for a in cfg.accounts),
+        idle_epochs=settings.idle_epochs_before_unwatch,
+        busy=lambda account: any(r.state == "active" for r in store.reservations(account)),
+        on_unwatch=metrics.unwatched.inc,
     )
+    metrics.watch_list(runner.accounts)
     canonical = CanonicalCheck(cfg, timeout_s=min(settings.read_timeout_s, 5.0))
     return Service(cfg, settings, runner, store, signer, executor, metrics, canonical)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -101,7 +102,13 @@ Svc = Annotated[Service, Depends(service_of)]
 AccountPath = Annotated[str, Path(pattern=ADDRESS_PATTERN, description="0x and 40 hex digits")]
 
 
+#: whether this request carried a valid API key (set by its key dependency; copied into the
+#: worker thread of an authorisation): only keyed requests add accounts to the watch list
+_KEYED: contextvars.ContextVar[bool] = contextvars.ContextVar("omnimargin_keyed", default=False)
+
+
 def _key_ok(svc: Service, request: Request) -> None:
+    _KEYED.set(False)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -112,6 +119,7 @@ def _key_ok(svc: Service, request: Request) -> None:
         match |= hmac.compare_digest(given, key)
     if not match:
         raise ApiError(401, "authorization", "unknown API key")
+    _KEYED.set(True)
 
 
 async def require_key(svc: Svc, request: Request) -> None:
@@ -121,6 +129,12 @@ async def require_key(svc: Svc, request: Request) -> None:
 async def read_key(svc: Svc, request: Request) -> None:
     if svc.settings.read_requires_key:
         _key_ok(svc, request)
+    elif "authorization" in request.headers:
+        # reads need no key here; a valid one still counts (it may add to the watch list)
+        with contextlib.suppress(ApiError):
+            _key_ok(svc, request)
+    else:
+        _KEYED.set(False)
 
 
 def epoch_of(svc: Service) -> Epoch:
@@ -135,13 +149,24 @@ def account_of(svc: Service, epoch: Epoch, raw: str, field: str = "account") -> 
     if not is_address(raw):
         raise ApiError(400, field, f"not an address: {raw[:60]!r}")
     account = str(to_checksum_address(raw))
-    if account not in epoch.accounts:
-        runner = svc.runner
-        if svc.settings.watch_new_accounts and len(runner.accounts) < svc.settings.max_accounts:
-            runner.watch(account)
-            raise ApiError(404, field, f"{account} is not in this epoch yet; watched from now on")
-        raise ApiError(404, field, f"{account} is not watched by this service")
-    return account
+    runner, settings = svc.runner, svc.settings
+    # only a keyed request adds to the watch list (unkeyed ones could fill it for good)
+    keyed = _KEYED.get() and settings.watch_new_accounts
+    if account in epoch.accounts:
+        if keyed and account not in runner.accounts:  # unwatched since, asked for again
+            runner.watch(account, settings.max_accounts)
+        return account
+    if not keyed:
+        how = "an API key" if settings.watch_new_accounts else "the config's accounts"
+        raise ApiError(404, field, f"{account} is not watched by this service (add it with {how})")
+    if runner.watch(account, settings.max_accounts):
+        raise ApiError(404, field, f"{account} is not in this epoch yet; watched from now on")
+    raise ApiError(
+        404,
+        field,
+        f"{account} is not watched: the watch list is full "
+        f"(service.max_accounts = {settings.max_accounts})",
+    )
 
 
 def create_app(svc: Service) -> FastAPI:

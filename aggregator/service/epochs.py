@@ -332,8 +332,10 @@ class EpochRunner:
 
     Each epoch runs in a worker process of its own (chain reads, decoding, valuation and the
     Monte Carlo), so the server's threads keep the GIL for requests. ``accounts``: the known
-    accounts (the config's and any asked for since); an account asked for that is not yet
-    known is added and appears from the next epoch on.
+    accounts (the config's and any asked for with a key since); an account asked for that is
+    not yet known is added and appears from the next epoch on. An account with nothing on any
+    chain for ``idle_epochs`` epochs in a row leaves again (:meth:`unwatch_idle`), unless it is
+    one of ``pinned`` (the config's) or ``busy`` says it has outstanding reservations.
     """
 
     cfg: OmnimarginConfig
@@ -345,6 +347,10 @@ class EpochRunner:
     accounts: set[str] = field(default_factory=set)
     on_epoch: Callable[[Epoch], None] | None = None
     pnl_budget_mb: float = 1024.0
+    pinned: frozenset[str] = frozenset()  # never unwatched (the config's accounts)
+    idle_epochs: int = 10  # epochs in a row with nothing on any chain before an account leaves
+    busy: Callable[[str], bool] | None = None  # has outstanding reservations: stays watched
+    on_unwatch: Callable[[int], None] | None = None  # how many accounts left, after an epoch
     current: Epoch | None = None
     last_error: str | None = None
     failures: int = 0
@@ -352,12 +358,62 @@ class EpochRunner:
     _number: int = 0
     _wake: asyncio.Event | None = None
     _pool: ProcessPoolExecutor | None = None
+    _idle: dict[str, int] = field(default_factory=dict)  # account -> empty epochs in a row
 
-    def watch(self, account: str) -> None:
-        if account not in self.accounts:
-            self.accounts.add(account)
-            if self._wake is not None:
-                self._wake.set()
+    def watch(self, account: str, limit: int | None = None) -> bool:
+        """Watch ``account`` from the next epoch on; False (nothing added) when ``limit``
+        accounts are watched already."""
+        if account in self.accounts:
+            return True
+        if limit is not None and len(self.accounts) >= limit:
+            return False
+        self.accounts.add(account)
+        if self._wake is not None:
+            self._wake.set()
+        return True
+
+    def unwatch_idle(self, epoch: Epoch) -> list[str]:
+        """After an epoch: count the epochs in a row each watched account had nothing on any
+        chain (no holdings, in-flight transfers or positions, zero equity) and unwatch those
+        at ``idle_epochs`` (never a pinned one, nor one ``busy`` holds). An epoch with a chain
+        unread counts for no one: an empty read there proves nothing."""
+        if not all(s.ok for s in epoch.world.snapshots):
+            return []
+        idle = {a: n for a, n in self._idle.items() if a in self.accounts}
+        gone: list[str] = []
+        for account, state in epoch.accounts.items():
+            if account in self.pinned or account not in self.accounts:
+                continue
+            quantities, exposures = epoch.portfolios[account]
+            empty = (
+                state.report["equity"] == 0
+                and not exposures
+                and all(float(q) == 0 for q in quantities.values())
+            )
+            if not empty:
+                idle.pop(account, None)
+                continue
+            idle[account] = idle.get(account, 0) + 1
+            if idle[account] >= self.idle_epochs and not self._busy(account):
+                gone.append(account)
+        for account in gone:
+            self.accounts.discard(account)
+            idle.pop(account, None)
+        self._idle = idle
+        if gone:
+            log.info("%d idle accounts unwatched", len(gone))
+            if self.on_unwatch is not None:
+                self.on_unwatch(len(gone))
+        return gone
+
+    def _busy(self, account: str) -> bool:
+        if self.busy is None:
+            return False
+        try:
+            return self.busy(account)
+        except Exception as exc:  # the store unreadable: keep watching
+            log.warning("reservations of an idle account unreadable, kept: %s", exc)
+            return True
 
     def model(self, policy: MarginPolicy) -> _Model:
         if self._model is None:
@@ -427,6 +483,7 @@ class EpochRunner:
         # the P&L before the swap: no request of this epoch pays for the matrix product
         await asyncio.to_thread(keep_pnl, epoch, self.pnl_budget_mb * 2**20)
         self.current = epoch  # one reference swap: readers see the old or the new epoch
+        self.unwatch_idle(epoch)
         # the epoch's objects out of the cyclic GC's way: no full collection walks them during
         # requests (they hold no cycles; reference counting frees them with the epoch)
         gc.freeze()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -50,6 +51,20 @@ class Metrics:
         )
         self.epoch_number = Gauge("omnimargin_epoch", "The current epoch's number.", registry=r)
         self.accounts = Gauge("omnimargin_accounts", "Accounts in the current epoch.", registry=r)
+        self.watched = Gauge(
+            "omnimargin_watched_accounts",
+            "Accounts on the watch list (the config's and those added since).",
+            registry=r,
+        )
+        self.unwatched = Counter(
+            "omnimargin_unwatched_accounts",
+            "Accounts that left the watch list, idle (nothing on any chain) for too many epochs.",
+            registry=r,
+        )
+
+    def watch_list(self, accounts: Collection[str]) -> None:
+        """The watched-accounts gauge reads ``accounts`` (the runner's set) when scraped."""
+        self.watched.set_function(lambda: len(accounts))
 
     def on_epoch(self, epoch: Epoch) -> None:
         self.epochs.labels("ok").inc()

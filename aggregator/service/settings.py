@@ -35,6 +35,7 @@ class ServiceSettings(BaseSettings):
     read_requires_key: bool = False
     watch_new_accounts: bool = True
     max_accounts: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    idle_epochs_before_unwatch: Annotated[int, Field(ge=1, le=1_000_000)] = 10
     max_risk_scenarios: Annotated[int, Field(ge=1000, le=10_000_000)] = 1_000_000
     pnl_cache_mb: Annotated[float, Field(ge=0, le=1_000_000)] = 1024.0
 
