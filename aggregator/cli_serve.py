@@ -38,8 +38,8 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     if not settings.api_key_bytes():
         raise InputError(
             "service.api_keys",
-            "no API key configured (authorisations need one): set api_keys "
-            "or api_keys_env in [service]",
+            "no API key configured (authorisations need one): set api_keys, "
+            "api_keys_env or api_keys_file in [service]",
         )
     signer = load_signer_key(cfg.signer)
     store_path = Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite")
