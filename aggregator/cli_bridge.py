@@ -114,11 +114,13 @@ def pending_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Transfers burnt on their source and not yet received on their destination."""
+    from chains.addresses import checksummed
     from chains.relayer import pending
 
     try:
+        recipients = [checksummed(f"account[{i}]", a) for i, a in enumerate(account or [])]
         cfg, name = _load(config, bridge)
-        read = asyncio.run(pending(cfg, name, account or None))
+        read = asyncio.run(pending(cfg, name, recipients or None))
     except ChainError as exc:
         _fail(str(exc))
     if as_json:

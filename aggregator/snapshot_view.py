@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eth_utils import is_address, to_checksum_address
 from rich.table import Table
 
 from aggregator.console import out_console
 from aggregator.errors import InputError
+from aggregator.inputs import account
 from chains.types import ChainSnapshot
 
 
@@ -31,9 +31,7 @@ def parse_accounts(raw: str | None, path: Path | None, default: list[str]) -> li
     items = [a for a in items if a and not a.startswith("#")]
     out = []
     for i, a in enumerate(items):
-        if not is_address(a):
-            raise InputError(f"{field}[{i}]", f"not an address: {a[:60]!r}")
-        out.append(str(to_checksum_address(a)))
+        out.append(account(a, f"{field}[{i}]"))
     if not out:
         raise InputError(field, "no accounts given and none in the config")
     return out

@@ -14,12 +14,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from eth_utils import (
-    is_address,
-    is_checksum_address,
-    is_checksum_formatted_address,
-    to_checksum_address,
-)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,18 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from chains.addresses import ChecksumAddress
 from chains.errors import ConfigError
 from chains.types import SourceKind
 
 CONFIG_ENV = "OMNIMARGIN_CONFIG"
-
-
-def _checksum(value: str) -> str:
-    if not is_address(value):
-        raise ValueError(f"not an address: {value!r}")
-    if is_checksum_formatted_address(value) and not is_checksum_address(value):
-        raise ValueError(f"bad EIP-55 checksum (a typo?): {value!r}")
-    return str(to_checksum_address(value))
 
 
 def _hash32(value: str) -> str:
@@ -56,7 +43,7 @@ def _rpc_url(value: str) -> str:
     return value
 
 
-AddressField = Annotated[str, AfterValidator(_checksum)]
+AddressField = ChecksumAddress
 Hash32 = Annotated[str, AfterValidator(_hash32)]
 RpcUrl = Annotated[str, AfterValidator(_rpc_url)]
 Symbol = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$")]

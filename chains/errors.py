@@ -25,3 +25,13 @@ class InconsistentChain(ChainError, RuntimeError):
 
 class DevnetError(ChainError, RuntimeError):
     """The local devnet could not be started, found or stopped."""
+
+
+class AddressError(ChainError, ValueError):
+    """An address that came in (an option, a file) is malformed or fails its EIP-55 checksum;
+    ``field`` names where it came from, ``reason`` why it is refused."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")

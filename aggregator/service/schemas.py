@@ -6,9 +6,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chains.addresses import ChecksumAddress
+
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
 Address = Annotated[str, Field(pattern=ADDRESS_PATTERN, examples=["0x" + "70" * 20])]
 Hash = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
+#: an address sent in: 0x and 40 hex digits, mixed case only with a valid EIP-55 checksum
+#: (a 422 naming the field otherwise); comes out checksummed
+AddressIn = Annotated[
+    ChecksumAddress,
+    Field(
+        json_schema_extra={"pattern": ADDRESS_PATTERN},
+        description="0x and 40 hex digits; mixed case must be the EIP-55 checksum",
+        examples=["0x70997970C51812dc3A010C7d01b50e0d17dc79C8"],
+    ),
+]
 
 
 class _Out(BaseModel):
@@ -98,7 +110,7 @@ class Portfolio(_Out):
 
 class AuthorizationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    account: Address
+    account: AddressIn
     chain_id: Annotated[int, Field(ge=1, lt=2**63)]
     market: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$")]
     size_delta: Annotated[
