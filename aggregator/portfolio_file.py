@@ -16,14 +16,14 @@ the exposure is handed to the engine. Every problem is reported as ``field: reas
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from aggregator.errors import InputError
+from aggregator.inputs import load_json, parse_decimal
 
 #: largest |quantity x price| accepted for one position, in USD (10 trillion)
 MAX_NOTIONAL_USD = Decimal(10) ** 13
@@ -31,6 +31,22 @@ MAX_PRICE_USD = Decimal(10) ** 12
 
 AssetName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._]+$")]
 FiniteDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
+
+
+def plain_decimal(value: Any) -> Any:
+    """A quantity given as a string must be ``[+-]digits[.digits]`` in ASCII (no ``1_000``,
+    no other scripts' digits, no spaces, no exponent); JSON numbers are ASCII by JSON's
+    grammar and reach here as Decimal already."""
+    if isinstance(value, str):
+        try:
+            return parse_decimal("quantity", value)
+        except InputError as exc:
+            raise ValueError(exc.reason) from None
+    return value
+
+
+#: a size or quantity: a JSON number, or a string checked by :func:`plain_decimal`
+Quantity = Annotated[FiniteDecimal, BeforeValidator(plain_decimal)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -40,7 +56,7 @@ class _Strict(BaseModel):
 
 class Position(_Strict):
     asset: AssetName
-    quantity: FiniteDecimal
+    quantity: Quantity
 
     @field_validator("quantity")
     @classmethod
@@ -81,7 +97,12 @@ class ModelSpec(_Strict):
 class PortfolioFile(_Strict):
     positions: list[Position] = Field(min_length=1)
     prices: dict[
-        AssetName, Annotated[Decimal, Field(gt=0, le=MAX_PRICE_USD, allow_inf_nan=False)]
+        AssetName,
+        Annotated[
+            Decimal,
+            Field(gt=0, le=MAX_PRICE_USD, allow_inf_nan=False),
+            BeforeValidator(plain_decimal),
+        ],
     ] = Field(default_factory=dict)
     model: ModelSpec | None = None
 
@@ -133,14 +154,8 @@ def load_portfolio(path: Path) -> PortfolioFile:
 
 
 def decode_json(text: str, what: str) -> Any:
-    """JSON with numbers as Decimal; NaN/Infinity left for the field checks to reject."""
-    try:
-        return json.loads(
-            text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant
-        )
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            what, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
-    except RecursionError:
-        raise InputError(what, "not valid JSON (nested too deeply)") from None
+    """JSON with numbers as Decimal; NaN/Infinity left for the field checks to reject; a key
+    given twice in one object is an error naming the key."""
+    return load_json(
+        text, what, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant
+    )
