@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -27,9 +28,10 @@ from aggregator.cli_margin import margin as margin_command
 from aggregator.cli_serve import report as report_command
 from aggregator.cli_serve import serve as serve_command
 from aggregator.console import LazyProgress, err_console, out_console
-from aggregator.errors import AggregatorError
+from aggregator.errors import AggregatorError, InputError
 from aggregator.portfolio_file import load_portfolio
 from aggregator.risk import RiskOptions, run_portfolio_risk
+from aggregator.risk_limits import check_memory, check_tail
 from montecarlo import LocalExecutor, MonteCarloError, plan_chunks
 from montecarlo.engine import Executor
 
@@ -138,6 +140,10 @@ def risk(
         fail(f"workers: must be >= 1, got {workers}")
     if history is not None and not history.is_dir():
         fail(f"history: {history} is not a directory")
+    try:
+        check_tail(scenarios, alpha)
+    except InputError as exc:
+        fail(str(exc))
     opts = RiskOptions(
         scenarios=scenarios,
         alpha=alpha,
@@ -150,6 +156,9 @@ def risk(
     )
     try:
         pf = load_portfolio(portfolio)
+        columns = len({p.asset for p in pf.positions})
+        here = 1 if executor is ExecutorChoice.ray else (workers or os.cpu_count() or 1)
+        check_memory(scenarios, columns, alpha, here)  # a Ray worker's memory is not ours
         ex = make_executor(executor, ray_address, workers, gpu=backend is BackendChoice.cupy)
         try:
             total = 2 * plan_chunks(scenarios).n_chunks

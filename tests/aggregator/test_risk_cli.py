@@ -319,7 +319,7 @@ def bad_results(
             write_json(tmp / "portfolio.json", case.portfolio)
         if case.portfolio is not NO_FILE and "--portfolio" not in args:
             args = ["--portfolio", str(tmp / "portfolio.json"), *args]
-        commands[name] = (CLI, ["risk", "--scenarios", "500", "--json", *args])
+        commands[name] = (CLI, ["risk", "--scenarios", "1000", "--json", *args])
     return run_many(commands, root)
 
 
