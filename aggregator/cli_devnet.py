@@ -212,6 +212,61 @@ def advance(
     out_console.print(table)
 
 
+#: ``devnet submit`` exits 1 when the chain reverts the transaction (2 on bad input)
+EXIT_REVERTED = 1
+ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
+
+
+def revert_reason(data: Any, message: str | None = None) -> str:
+    """The reason of a revert: ``Error(string)`` data decoded, else the node's message."""
+    from eth_abi import decode
+    from eth_abi.exceptions import DecodingError
+
+    raw: bytes | None = None
+    if isinstance(data, dict):  # some nodes nest it: {"data": "0x…"}
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            raw = bytes.fromhex(data[2:])
+        except ValueError:
+            raw = None
+    elif isinstance(data, bytes | bytearray):
+        raw = bytes(data)
+    if raw is not None and raw[:4] == ERROR_SELECTOR:
+        try:
+            (text,) = decode(["string"], raw[4:])
+            return str(text)
+        except (DecodingError, OverflowError, UnicodeDecodeError):
+            pass
+    text = (message or "").removeprefix("execution reverted").lstrip(": ")
+    return text or "no reason given"
+
+
+def mined_revert_reason(w3: Any, tx: Any, receipt: Any) -> str:
+    """Why a mined transaction reverted: its trace's output (anvil, geth), else the call
+    replayed on the state of its block."""
+    from web3.exceptions import ContractLogicError, Web3Exception
+
+    try:
+        trace = w3.provider.make_request(
+            "debug_traceTransaction", [tx.to_0x_hex(), {"tracer": "callTracer"}]
+        )
+        result = trace.get("result") or {}
+        if result.get("output") or result.get("revertReason"):
+            return revert_reason(result.get("output"), result.get("revertReason"))
+    except (Web3Exception, OSError, ValueError, AttributeError):
+        pass
+    sent = w3.eth.get_transaction(tx)
+    try:
+        w3.eth.call(
+            {"from": sent["from"], "to": sent["to"], "data": sent["input"], "gas": sent["gas"]},
+            receipt["blockNumber"],
+        )
+    except ContractLogicError as exc:
+        return revert_reason(exc.data, exc.message)
+    return "no reason given"
+
+
 @devnet_app.command()
 def submit(
     decision: Annotated[Path, typer.Argument(help="JSON of `omnimargin authorize --json`.")],
@@ -219,23 +274,27 @@ def submit(
     sender: Annotated[int, typer.Option(help="Index of the unlocked devnet account sending.")] = 7,
 ) -> None:
     """Open the authorised position: send the attestation to PerpMarket on its chain (the gate
-    verifies it there). Any account may send it; the position is the attestation's account's."""
-    import json
+    verifies it there). Any account may send it; the position is the attestation's account's.
 
+    Exit status: 0 opened, 1 the chain reverted it (the decoded reason is printed, e.g.
+    ``gate: nonce used``), 2 bad input (the decision file) or a chain that cannot be reached.
+    """
     from web3 import HTTPProvider, Web3
     from web3.exceptions import ContractLogicError
 
     from aggregator.attestation import MarginAttestation
     from aggregator.errors import InputError
+    from aggregator.inputs import load_json
     from chains.compile import load_artifact
     from chains.config import load_config
 
     try:
         config = load_config(directory / "config.toml")
         try:
-            body = json.loads(decision.read_text())
-        except (OSError, ValueError) as exc:
+            text = decision.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
             raise InputError("decision", f"cannot read {decision} ({exc})") from None
+        body = load_json(text, "decision")
         if not isinstance(body, dict) or not body.get("approved") or "attestation" not in body:
             raise InputError("decision", "not an approved authorisation (no attestation)")
         typed = body["attestation"]["typed_data"]
@@ -253,13 +312,26 @@ def submit(
         call = perp.functions.open(att.as_tuple(), signature)
         try:
             call.call({"from": w3.eth.accounts[sender]})
+            tx = call.transact({"from": w3.eth.accounts[sender]})
         except ContractLogicError as exc:
-            raise InputError("attestation", f"refused on chain {chain_id}: {exc}") from None
-        tx = call.transact({"from": w3.eth.accounts[sender]})
+            _reverted(chain_id, revert_reason(exc.data, exc.message))
         receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=60)
+        if receipt["status"] != 1:
+            _reverted(chain_id, mined_revert_reason(w3, tx, receipt), receipt["blockNumber"])
     except (AggregatorError, ChainError, KeyError) as exc:
         _fail(str(exc))
     out_console.print(
         f"position opened on chain {chain_id} in block {receipt['blockNumber']}: "
         f"{att.account} {att.size_delta / 10**18:+g} (tx {tx.hex()})"
     )
+
+
+def _reverted(chain_id: int, reason: str, block: int | None = None) -> NoReturn:
+    where = f"chain {chain_id}" + (f" (block {block})" if block is not None else "")
+    err_console.print(
+        f"error: attestation: reverted on {where}: {reason}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_REVERTED)

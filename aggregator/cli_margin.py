@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from eth_utils import is_address, to_checksum_address
 from rich.table import Table
 
 from aggregator.console import out_console
-from aggregator.errors import AggregatorError, InputError
+from aggregator.errors import AggregatorError
+from aggregator.inputs import account as checked_account
+
+#: ``omnimargin authorize`` exits 0 when approved, 1 when refused, 2 on bad input
+EXIT_REFUSED = 1
 
 
 def _fail(message: str) -> None:
@@ -22,9 +25,8 @@ def _fail(message: str) -> None:
 
 
 def checksum(account: str, field: str = "account") -> str:
-    if not is_address(account):
-        raise InputError(field, f"not an address: {account[:60]!r}")
-    return str(to_checksum_address(account))
+    """An address option in EIP-55 form; a bad one (a wrong checksum too) is an InputError."""
+    return checked_account(account, field)
 
 
 def compute_margin(config_file: Path | None, account: str, venues: Path | None) -> dict[str, Any]:
@@ -120,9 +122,13 @@ def authorize_command(
         Path | None, typer.Option(help="Also write the JSON decision to this file.")
     ] = None,
 ) -> None:
-    """Authorise a position change: approve with a signed attestation, or refuse with a reason."""
+    """Authorise a position change: approve with a signed attestation, or refuse with a reason.
+
+    Exit status: 0 approved, 1 refused (the reason is printed), 2 bad input or missing data.
+    """
     from aggregator.attestation import load_signer_key
     from aggregator.authorize import Request, authorize, parse_size
+    from aggregator.inputs import parse_decimal
     from aggregator.store import Store
     from chains.config import config_path, load_config
     from chains.errors import ChainError
@@ -131,7 +137,9 @@ def authorize_command(
     try:
         path = config_path(config)
         cfg = load_config(path)
-        req = Request(checksum(account), chain_id, market, parse_size(size_delta))
+        who = checksum(account)
+        parse_decimal("size_delta", size_delta)  # ASCII [+-]digits[.digits] only
+        req = Request(who, chain_id, market, parse_size(size_delta))
         key = load_signer_key(cfg.signer)
         store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
         try:
@@ -148,9 +156,17 @@ def authorize_command(
             _fail(f"save: cannot write {save} ({exc.strerror})")
     if as_json:
         typer.echo(json.dumps(decision))
-        return
+    else:
+        print_decision(decision, market, size_delta, chain_id, req.account)
+    if not decision["approved"]:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def print_decision(
+    decision: dict[str, Any], market: str, size_delta: str, chain_id: int, account: str
+) -> None:
     verdict = "[green]approved[/green]" if decision["approved"] else "[red]refused[/red]"
-    out_console.print(f"{verdict} {market} {size_delta} on chain {chain_id} for {req.account}")
+    out_console.print(f"{verdict} {market} {size_delta} on chain {chain_id} for {account}")
     if decision["reason"]:
         out_console.print(f"reason: {decision['reason']}")
     for key_name in (
