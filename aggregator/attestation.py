@@ -21,10 +21,11 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, to_checksum_address
+from eth_utils import to_checksum_address
 from eth_utils.crypto import keccak
 
 from aggregator.errors import InputError
+from aggregator.inputs import account as checked_account
 from chains.config import SignerConfig
 from chains.types import market_id
 
@@ -88,9 +89,7 @@ class MarginAttestation:
     counter: int = 0
 
     def __post_init__(self) -> None:
-        if not is_address(self.account):
-            raise InputError("account", f"not an address: {self.account!r}")
-        object.__setattr__(self, "account", str(to_checksum_address(self.account)))
+        object.__setattr__(self, "account", checked_account(self.account))
         for _, kind, name in FIELDS:
             value = getattr(self, name)
             if kind == "bytes32" and not (isinstance(value, bytes) and len(value) == 32):

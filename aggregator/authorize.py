@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from aggregator.gate import (
     worst_case,
 )
 from aggregator.gate_sync import sync_counters
+from aggregator.inputs import parse_decimal
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet
 from aggregator.store import GateCounter, NewReservation, Reservation, Store
 from aggregator.valuation import value_portfolio
@@ -63,10 +64,7 @@ class Request:
 
 
 def parse_size(text: str) -> Decimal:
-    try:
-        size = Decimal(text)
-    except InvalidOperation:
-        raise InputError("size_delta", f"not a number: {text[:40]!r}") from None
+    size = parse_decimal("size_delta", text)  # ASCII [+-]digits[.digits] only
     if not size.is_finite() or size == 0 or abs(size) > MAX_SIZE:
         raise InputError(
             "size_delta", f"must be a non-zero finite size below 1e12, got {text[:40]}"
@@ -328,6 +326,7 @@ def _figures(state: AccountState, verdict: _Verdict) -> dict[str, Any]:
         "equity": report["equity"],
         "initial_margin_before": report["initial_margin"],
         "snapshot_hash": report["snapshot_hash"],
+        "blocks": {str(s.chain_id): s.block_number for s in state.world.snapshots if s.ok},
         "risk_model_hash": report["risk_model_hash"],
         "initial_margin_after": verdict.im_after,
         "reserved": None if shortfall is None else max(shortfall - figures.initial_margin, 0.0),

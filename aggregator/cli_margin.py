@@ -41,15 +41,14 @@ def compute_margin(config_file: Path | None, account: str, venues: Path | None) 
     world = asyncio.run(read_world(cfg, [account], tolerance=policy.price_tolerance))
     reserved = 0.0
     if cfg.store_path:
-        import time
-
-        from aggregator.authorize import settle
+        from aggregator.authorize import account_state, gated, held_margin
         from aggregator.store import Store
 
         store = Store(Path(cfg.store_path))
         try:
-            settle(cfg, store, account)
-            reserved = float(store.reserved(account, int(time.time())))
+            world = asyncio.run(gated(cfg, world, store, [account]))
+            state = account_state(cfg, world, account)
+            reserved = held_margin(state, store.live(account))
         finally:
             store.close()
     report, _ = margin_report(

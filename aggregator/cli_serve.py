@@ -44,6 +44,11 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     signer = load_signer_key(cfg.signer)
     store_path = Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite")
     store = Store(store_path)
+    # a new store, or one behind the chain, cannot know every outstanding attestation: bump
+    # the gates' counters before approving anything (docs/ARCHITECTURE.md, the gate's contract)
+    from aggregator.gate_sync import sync_counters
+
+    sync_counters(cfg, store, signer, say=lambda m: print(m, flush=True))
     # epochs leave a core to the requests unless told otherwise
     workers = settings.workers or (None if settings.executor == "ray" else _spare_cores())
     spec = ExecutorSpec(settings.executor, settings.ray_address, workers)

@@ -23,9 +23,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Final
 
-from eth_utils import is_address, to_checksum_address
-
 from aggregator.errors import AggregatorError, InputError
+from aggregator.inputs import account as checked_account
 
 ACTIVE: Final = "active"  # outstanding: signed, not yet seen executed or dead
 FILLED: Final = "filled"  # seen executed at ``seen_block`` of its chain
@@ -163,10 +162,9 @@ class GateCounter:
 
 
 def checksum_account(account: str) -> str:
-    """The EIP-55 form of ``account``; raises `InputError` if it is not an address."""
-    if not is_address(account):
-        raise InputError("account", f"not an address: {account!r}")
-    return str(to_checksum_address(account))
+    """The EIP-55 form of ``account``; raises `InputError` if it is not an address or its
+    mixed case fails the checksum."""
+    return checked_account(account)
 
 
 def _check_decimal(field: str, value: str | Decimal) -> Decimal:

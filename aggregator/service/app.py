@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,16 +21,19 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, to_checksum_address
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aggregator.accounts import clock_allowance
+from aggregator.authorize import Request as AuthRequest
+from aggregator.authorize import check_request, decide, held_margin, parse_size
 from aggregator.canonical import CanonicalCheck
 from aggregator.errors import AggregatorError, InputError
+from aggregator.inputs import load_json
 from aggregator.service import views
 from aggregator.service.epochs import Epoch, EpochRunner
 from aggregator.service.metrics import Metrics
@@ -46,9 +51,10 @@ from aggregator.service.schemas import (
     Snapshot,
 )
 from aggregator.service.settings import ServiceSettings
-from aggregator.store import Store
+from aggregator.store import IdempotentReplay, Store
+from chains.addresses import checksummed
 from chains.config import OmnimarginConfig
-from chains.errors import ChainError
+from chains.errors import AddressError, ChainError
 from montecarlo import MonteCarloError
 from montecarlo.engine import Executor
 
@@ -137,6 +143,11 @@ async def read_key(svc: Svc, request: Request) -> None:
         _KEYED.set(False)
 
 
+async def unique_keys(request: Request) -> None:
+    """A JSON body naming a key twice is a 400 naming it (pydantic keeps the last silently)."""
+    load_json(await request.body(), "body")
+
+
 def epoch_of(svc: Service) -> Epoch:
     epoch = svc.runner.current
     if epoch is None:
@@ -146,9 +157,10 @@ def epoch_of(svc: Service) -> Epoch:
 
 
 def account_of(svc: Service, epoch: Epoch, raw: str, field: str = "account") -> str:
-    if not is_address(raw):
-        raise ApiError(400, field, f"not an address: {raw[:60]!r}")
-    account = str(to_checksum_address(raw))
+    try:
+        account = checksummed(field, raw)
+    except AddressError as exc:
+        raise ApiError(400, field, exc.reason) from None
     runner, settings = svc.runner, svc.settings
     # only a keyed request adds to the watch list (unkeyed ones could fill it for good)
     keyed = _KEYED.get() and settings.watch_new_accounts
@@ -284,7 +296,9 @@ def _routes(app: FastAPI) -> None:
     )
     async def accounts(svc: Svc) -> Accounts:
         epoch = epoch_of(svc)
-        return views.accounts_body(epoch, _info(svc, epoch), _reserved(svc, list(epoch.accounts)))
+        return views.accounts_body(
+            epoch, _info(svc, epoch), _reserved(svc, epoch, list(epoch.accounts))
+        )
 
     @app.get(
         "/v1/accounts/{account}/margin",
@@ -300,7 +314,7 @@ def _routes(app: FastAPI) -> None:
             epoch.margin_json[a],
             epoch.accounts[a].report,
             _info(svc, epoch),
-            _reserved(svc, [a])[a],
+            _reserved(svc, epoch, [a])[a],
         )
         return Response(body, media_type="application/json")
 
@@ -319,18 +333,33 @@ def _routes(app: FastAPI) -> None:
     @app.post(
         "/v1/authorizations",
         response_model=Authorization,
-        responses=ERRORS,
-        dependencies=[Depends(require_key)],
+        responses={**ERRORS, 409: {"model": ErrorBody}},
+        dependencies=[Depends(require_key), Depends(unique_keys)],
         tags=["margin"],
     )
-    async def authorizations(svc: Svc, body: AuthorizationRequest) -> Authorization:
+    async def authorizations(
+        svc: Svc,
+        body: AuthorizationRequest,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                pattern=r"^[\x21-\x7e]{1,128}$",
+                description="Same key and body within the attestation's lifetime: the same "
+                "answer; the same key with another body: 409.",
+            ),
+        ] = None,
+    ) -> Authorization | JSONResponse:
         # NumPy and the durable SQLite write off the event loop, a few threads at a time
         # (more threads than cores only fight over the GIL)
         epoch = epoch_of(svc)
-        # the epoch was read before this request: a reorg since must not be signed over
-        reorged = await svc.canonical.reasons(epoch.world)
+        # the epoch was read before this request: a reorg since must not be signed over, and
+        # the target chain's clock must agree with the wall clock that times the attestation
+        allowance = clock_allowance(svc.cfg)
+        known = any(c.chain_id == body.chain_id for c in svc.cfg.chains)  # else a 400 below
+        target = body.chain_id if known else None
+        reorged = await svc.canonical.reasons(epoch.world, target, allowance)
         return await anyio.to_thread.run_sync(
-            _authorize, svc, body, epoch, reorged, limiter=svc.limiter
+            _authorize, svc, body, epoch, reorged, idempotency_key, limiter=svc.limiter
         )
 
     @app.post(
@@ -368,19 +397,26 @@ def _info(svc: Service, epoch: Epoch) -> dict[str, Any]:
     return epoch.info(time.time(), svc.settings.stale_after_s)
 
 
-def _reserved(svc: Service, accounts: list[str]) -> dict[str, float]:
-    now = int(time.time())
-    return {a: float(svc.store.reserved(a, now)) for a in accounts}
+def _reserved(svc: Service, epoch: Epoch, accounts: list[str]) -> dict[str, float]:
+    """Margin each account's outstanding attestations hold over its IM (the gate's worst case
+    over them, on the epoch's scenarios)."""
+    since = min((g.timestamp for g in epoch.world.gates.values()), default=0)
+    live = svc.store.live_by_account(since)
+    return {
+        a: held_margin(epoch.accounts[a], live[a]) if a in live and a in epoch.accounts else 0.0
+        for a in accounts
+    }
 
 
 def _authorize(
-    svc: Service, body: AuthorizationRequest, epoch: Epoch, reorged: tuple[str, ...]
-) -> Authorization:
-    from aggregator.authorize import Request as AuthRequest
-    from aggregator.authorize import check_request, decide, parse_size
-
+    svc: Service,
+    body: AuthorizationRequest,
+    epoch: Epoch,
+    reorged: tuple[str, ...],
+    idempotency_key: str | None = None,
+) -> Authorization | JSONResponse:
     req = AuthRequest(
-        str(to_checksum_address(body.account)),
+        body.account,  # the schema checksummed it
         body.chain_id,
         body.market,
         parse_size(body.size_delta),
@@ -396,10 +432,27 @@ def _authorize(
         if info["stale"]
         else ()
     )
+    claim = None
+    if idempotency_key is not None:
+        digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        claim = (idempotency_key, digest)
     try:
         decision = decide(
-            svc.cfg, epoch.accounts[account], req, svc.store, svc.signer, (*stale, *reorged)
+            svc.cfg,
+            epoch.accounts[account],
+            req,
+            svc.store,
+            svc.signer,
+            (*stale, *reorged),
+            idempotency=claim,
+            respond_extra={"epoch": info},
         )
+    except IdempotentReplay as replay:
+        if claim is None or replay.body_hash != claim[1]:
+            raise ApiError(
+                409, "Idempotency-Key", "already used with another body within its lifetime"
+            ) from None
+        return JSONResponse(json.loads(replay.response))
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         raise ApiError(400, "authorization", str(exc)) from None
     svc.metrics.authorizations.labels("approved" if decision["approved"] else "refused").inc()

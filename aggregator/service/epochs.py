@@ -34,6 +34,7 @@ import numpy as np
 from aggregator.accounts import (
     account_reasons,
     check_columns,
+    clock_allowance,
     exact_decimal,
     policy_of,
     portfolio_of,
@@ -41,12 +42,12 @@ from aggregator.accounts import (
     risk_model_hash,
     scenario_model,
 )
-from aggregator.authorize import AccountState, consumed_nonces
+from aggregator.authorize import AccountState, Positions, gated, perp_sizes
 from aggregator.errors import AggregatorError
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, TailFigures, figures_of
 from aggregator.portfolio import Portfolio
 from aggregator.service.views import fixed_margin_json
-from aggregator.store import Reservation, Store
+from aggregator.store import Store
 from aggregator.valuation import value_portfolio
 from aggregator.world import World, read_world
 from chains.config import OmnimarginConfig
@@ -119,6 +120,7 @@ class AccountResult:
     exposures: np.ndarray  # (n,) USD per risk column, in the model's column order
     quantities: dict[str, str]  # canonical asset -> exact decimal
     exposures_usd: dict[str, float]  # risk column -> USD
+    positions: Positions  # perp sizes per (chain id, market)
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ def compute_accounts(
             E[:, i].copy(),
             _quantities(pf),
             _usd(val.exposures),
+            perp_sizes(world, name),
         )
     return out
 
@@ -247,15 +250,13 @@ def take_epoch(job: EpochJob) -> EpochResult:
     world = asyncio.run(
         read_world(job.cfg, job.accounts, job.read_timeout_s, policy.price_tolerance)
     )
-    reserved: dict[str, float] = {}
     if job.store_path is not None:
         store = Store(Path(job.store_path))
-        try:
-            asyncio.run(_settle(job.cfg, store))
-            now = int(time.time())
-            reserved = {a: float(store.reserved(a, now)) for a in job.accounts}
+        try:  # the gates at the pinned blocks: what is outstanding, what executed
+            world = asyncio.run(gated(job.cfg, world, store, list(job.accounts)))
         finally:
             store.close()
+    reserved: dict[str, float] = {}  # the server counts outstanding attestations per request
     read_s = time.time() - started
     executor = _WORKER.get(job.spec)
     if executor is None:
@@ -264,16 +265,6 @@ def take_epoch(job: EpochJob) -> EpochResult:
     states = compute_accounts(world, job.accounts, model, policy, executor, reserved)
     model_hash = risk_model_hash(model.describe(), policy)
     return EpochResult(_slim(world), states, model_hash, read_s, time.time() - started - read_s)
-
-
-async def _settle(cfg: OmnimarginConfig, store: Store) -> None:
-    """Release reservations whose positions reached their chain (the gate used the nonce)."""
-    pending: dict[str, list[Reservation]] = {}
-    for r in store.reservations():
-        if r.state == "active":
-            pending.setdefault(r.account, []).append(r)
-    for account, rows in pending.items():
-        store.mark_filled(account, await consumed_nonces(cfg, account, rows))
 
 
 def keep_pnl(epoch: Epoch, budget_bytes: float, block: int = 64) -> int:
@@ -446,6 +437,7 @@ class EpochRunner:
     async def step(self) -> Epoch:
         """Take one epoch and swap it in (the previous one stays if this raises)."""
         policy, ttl = policy_of(self.cfg)
+        allowance = clock_allowance(self.cfg)
         job = EpochJob(
             self.cfg, tuple(sorted(self.accounts)), self.spec, self.read_timeout_s, self.store_path
         )
@@ -463,7 +455,15 @@ class EpochRunner:
             )
         states = {
             a: AccountState(
-                result.world, model.scen, policy, ttl, r.summary, r.figures, r.exposures
+                result.world,
+                model.scen,
+                policy,
+                ttl,
+                r.summary,
+                r.figures,
+                r.exposures,
+                positions=r.positions,
+                allowance_s=allowance,
             )
             for a, r in result.accounts.items()
         }

@@ -138,9 +138,21 @@ class Authorization(_Out):
     initial_margin_after: float | None = None
     reserved: float | None = None
     free_margin_after: float | None = None
+    outstanding: int | None = Field(
+        None, description="Other outstanding attestations of the account in the worst case."
+    )
+    corners: int | None = Field(None, description="Worst-case corners evaluated exactly.")
+    reduce_only: bool | None = Field(
+        None, description="Approved as reduce-only (it lowers IM whatever else executes)."
+    )
     snapshot_hash: Hash | None = None
+    blocks: dict[str, int | None] | None = Field(
+        None, description="The pinned block of every chain read (snapshot_hash is over them)."
+    )
     risk_model_hash: Hash | None = None
     reservation_id: int | None = None
+    issued_at: int | None = None
+    valid_until: int | None = None
     attestation: Attestation | None = None
     epoch: EpochInfo
 

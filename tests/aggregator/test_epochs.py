@@ -16,6 +16,7 @@ from aggregator.service.epochs import EpochRunner, ExecutorSpec, compute_account
 from aggregator.world import read_world
 from chains.config import OmnimarginConfig
 from montecarlo import LocalExecutor, RayExecutor
+from tests.gate_helpers import blocks_held
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +29,15 @@ def runner(devnet: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ep
 
 
 def test_epoch_figures_are_the_cli_paths(runner: EpochRunner) -> None:
-    epoch = asyncio.run(runner.step())
     cfg = runner.cfg
+    with blocks_held(cfg):
+        epoch = asyncio.run(runner.step())
+        world = asyncio.run(read_world(cfg, cfg.accounts))  # the CLI's read: the same blocks
     policy, _ = policy_of(cfg)
     scen = scenario_set(cfg, policy)
     assert np.array_equal(scen.returns, epoch.scen.returns)  # the same draws
     assert set(epoch.accounts) == set(cfg.accounts) and len(cfg.accounts) >= 3
-    world = asyncio.run(read_world(cfg, cfg.accounts))  # the CLI's read: the same blocks
-    assert world.snapshot_hash == epoch.world.snapshot_hash  # (the shared devnet stands still)
+    assert world.snapshot_hash == epoch.world.snapshot_hash  # no block mined between
     for account, state in epoch.accounts.items():
         cli, _ = margin_report(world, account, scen, policy)
         got = state.report

@@ -18,6 +18,7 @@ from aggregator.world import World, read_world
 from chains.config import OmnimarginConfig, load_config
 from chains.devnet_nodes import nodes_of, read_state, stop_node
 from chains.relayer import relay
+from tests.gate_helpers import blocks_held
 
 ACCOUNT_1 = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 ETH_1 = Fraction(12_345678901234567891, 10**18) + Fraction(1, 2)  # vault + wallet, chain 1
@@ -39,22 +40,24 @@ def _report(cfg: OmnimarginConfig, account: str = ACCOUNT_1) -> tuple[dict[str, 
 
 
 def test_margin_cli_json_is_exact_and_complete(devnet: Any) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aggregator.cli",
-            "margin",
-            ACCOUNT_1.lower(),
-            "--json",
-            "--config",
-            str(devnet.directory / "config.toml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    with blocks_held(devnet.config):  # the CLI's read and the one below: the same blocks
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aggregator.cli",
+                "margin",
+                ACCOUNT_1.lower(),
+                "--json",
+                "--config",
+                str(devnet.directory / "config.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        _, world = _report(devnet.config)
     r = json.loads(out.stdout)
     required = {
         "account",
@@ -74,7 +77,6 @@ def test_margin_cli_json_is_exact_and_complete(devnet: Any) -> None:
         "risk_model_hash",
     }
     assert required <= set(r)
-    _, world = _report(devnet.config)
     eth, usdc = _price(world, "ETH"), _price(world, "USDC")
     assert r["equity"] == pytest.approx(float(ETH_1 * eth + (USDC_3 + IN_FLIGHT) * usdc), rel=1e-15)
     assert r["status"] == "ok" and r["reasons"] == []

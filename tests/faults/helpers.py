@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.attestation import load_signer_key
-from aggregator.authorize import Request, account_state, decide
-from aggregator.store import Store
+from aggregator.authorize import Request, account_state, decide, gated
+from aggregator.gate_sync import sync_counters
+from aggregator.store import GateCounter, Store
 from aggregator.world import World, read_world
 from chains.config import OmnimarginConfig, parse_config
 from chains.devnet_nodes import HOST, Node, anvil_binary, free_ports, nodes_of, read_state
@@ -71,7 +73,27 @@ def snapshots(cfg: OmnimarginConfig, accounts: list[str] | None = None) -> dict[
     return {s.chain_id: s for s in snaps}
 
 
+_COUNTERS: dict[tuple[str, ...], dict[int, GateCounter]] = {}
+
+
+def synced_counters(cfg: OmnimarginConfig) -> dict[int, GateCounter]:
+    """Gate counters bumped once per devnet (by a store of its own), for the fresh stores of
+    :func:`decision`: a world read after this call is pinned past the bump."""
+    key = tuple(c.rpc_urls[0] + str(c.margin_gate) for c in cfg.chains)
+    if key not in _COUNTERS:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store(Path(tmp) / "sync.sqlite")
+            try:
+                sync_counters(cfg, store, load_signer_key(cfg.signer))
+                _COUNTERS[key] = store.counters()
+            finally:
+                store.close()
+    return _COUNTERS[key]
+
+
 def world(cfg: OmnimarginConfig, accounts: list[str] | None = None) -> World:
+    """Every chain read now, the gates' counters synced first (see :func:`decision`)."""
+    synced_counters(cfg)
     return asyncio.run(read_world(cfg, accounts or [ACCOUNT], timeout_s=60))
 
 
@@ -89,8 +111,11 @@ def decision(
     store = Store(store_path)
     try:
         req = Request(account, chain_id, market, Decimal(size))
-        state = account_state(cfg, w, account)
-        return decide(cfg, state, req, store, load_signer_key(cfg.signer), extra)
+        key = load_signer_key(cfg.signer)
+        for counter in synced_counters(cfg).values():  # as a store synced before ``w``
+            store.set_counter(counter)
+        state = account_state(cfg, asyncio.run(gated(cfg, w, store, [account])), account)
+        return decide(cfg, state, req, store, key, extra)
     finally:
         store.close()
 
