@@ -136,7 +136,6 @@ def test_racing_authorisations_never_exceed_the_free_margin(
             assert probe["approved"], probe["reason"]
             step = probe["initial_margin_after"] - probe["initial_margin_before"]
             sizes[a] = Decimal(20) * Decimal(repr(round(free[a] / 10 / step, 3)))
-    left = {a: _margin(server, a)["free_margin"] for a in accounts}
 
     async def race() -> list[tuple[str, dict[str, Any]]]:
         async def one(i: int) -> tuple[str, dict[str, Any]]:
