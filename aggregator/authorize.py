@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -200,7 +200,6 @@ class _Verdict:
     outstanding: int = 0
     corners: int = 0
     im_after: float | None = None
-    shortfall_before: float = 0.0
     shortfall_after: float | None = None
     reduce_only: bool = False
 
@@ -209,7 +208,7 @@ def _judge(
     state: AccountState, req: Request, new: Change, rows: list[Reservation], v: _Verdict
 ) -> Decimal | None:
     """The gate's invariant over ``rows`` still outstanding in the pinned state, with ``new``:
-    the margin the approval adds to the worst case, or None to refuse (``v`` says why)."""
+    the margin the approval holds over IM now, or None to refuse (``v`` says why)."""
     outs = outstanding(rows, state.world.gates)
     v.outstanding = len(outs)
     changes = []
@@ -226,13 +225,11 @@ def _judge(
         )
         return None
     pnl, scen, policy = state.scenario_pnl(), state.scen, state.policy
-    before = worst_case(pnl, scen, changes, policy)
     after = worst_case(pnl, scen, [*changes, new], policy)
-    v.corners, v.im_after = after.corners, after.im
-    v.shortfall_before, v.shortfall_after = before.shortfall, after.shortfall
+    v.corners, v.im_after, v.shortfall_after = after.corners, after.im, after.shortfall
     equity = float(state.figures.equity)
     if equity - after.shortfall >= 0:
-        return Decimal(repr(max(after.shortfall - before.shortfall, 0.0)))
+        return Decimal(repr(max(after.shortfall - state.figures.initial_margin, 0.0)))
     size = state.positions.get((req.chain_id, req.market), Decimal(0))
     same = [
         float(r.size_delta)
@@ -249,6 +246,10 @@ def _judge(
         f"(worst case over {len(outs)} outstanding attestation(s) and this one)"
     )
     return None
+
+
+def _rows_key(rows: list[Reservation]) -> tuple[tuple[int, str, int | None], ...]:
+    return tuple((r.id, r.state, r.seen_block) for r in rows)
 
 
 def decide(
@@ -288,7 +289,19 @@ def decide(
     gate_state = world.gates[req.chain_id]
     counter = gate_state.counters[req.account]
     since = min(g.timestamp for g in world.gates.values())
+    # the worst case outside the store's write lock, on the rows as they are now; inside it,
+    # reused when no row changed meanwhile (else computed again there)
+    early = store.live(req.account, since)
     verdict = _Verdict()
+    early_amount = _judge(state, req, new, early, verdict)
+    early_key, early_verdict = _rows_key(early), replace(verdict)
+
+    def judge(rows: list[Reservation]) -> Decimal | None:
+        if _rows_key(rows) == early_key:
+            verdict.__dict__.update(early_verdict.__dict__)
+            return early_amount
+        return _judge(state, req, new, rows, verdict)
+
     made: dict[str, Any] = {}
 
     def approved(res: Reservation) -> dict[str, Any]:
@@ -308,7 +321,7 @@ def decide(
             wall + state.ttl,
             counter,
         ),
-        lambda rows: _judge(state, req, new, rows, verdict),
+        judge,
         idempotency=idempotency,
         since=since,
         respond=lambda r: json.dumps({**approved(r), **(respond_extra or {})}),

@@ -46,9 +46,15 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     store = Store(store_path)
     # a new store, or one behind the chain, cannot know every outstanding attestation: bump
     # the gates' counters before approving anything (docs/ARCHITECTURE.md, the gate's contract)
-    from aggregator.gate_sync import sync_counters
+    from aggregator.gate_sync import CounterWatch, sync_counters
 
     sync_counters(cfg, store, signer, say=lambda m: print(m, flush=True))
+    counters = CounterWatch(cfg, store, signer)
+
+    def on_epoch(epoch: Any) -> None:
+        metrics.on_epoch(epoch)
+        counters.check({c: g.global_counter for c, g in epoch.world.gates.items()})
+
     # epochs leave a core to the requests unless told otherwise
     workers = settings.workers or (None if settings.executor == "ray" else _spare_cores())
     spec = ExecutorSpec(settings.executor, settings.ray_address, workers)
@@ -67,7 +73,7 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         stale_after_s=settings.stale_after_s,
         read_timeout_s=settings.read_timeout_s,
         accounts={str(a) for a in cfg.accounts},
-        on_epoch=metrics.on_epoch,
+        on_epoch=on_epoch,
         pnl_budget_mb=settings.pnl_cache_mb,
         pinned=frozenset(str(a) for a in cfg.accounts),
         idle_epochs=settings.idle_epochs_before_unwatch,

@@ -10,12 +10,15 @@ issued (a store restored from a backup).
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 from web3.exceptions import Web3Exception
 
+from aggregator.errors import AggregatorError
 from aggregator.store import GateCounter, Store
 from chains.compile import load_artifact
 from chains.config import ChainConfig, OmnimarginConfig
@@ -23,6 +26,7 @@ from chains.errors import ChainError, RpcUnavailable
 from chains.margin_gate import bump_global_counter, global_counter
 
 LOG_CHUNK = 10_000  # blocks per eth_getLogs
+log = logging.getLogger(__name__)
 
 
 def unknown_consumed(chain: ChainConfig, store: Store, since: int) -> int:
@@ -103,3 +107,35 @@ def sync_counters(
         )
         bumped.append(counter)
     return bumped
+
+
+class CounterWatch:
+    """Resyncs in the background when an epoch finds a gate's counter other than the store's
+    (another engine, or an operator, bumped it): this store cannot know what was issued
+    under it, so it bumps again; decisions are refused meanwhile (the counters differ)."""
+
+    def __init__(self, cfg: OmnimarginConfig, store: Store, signer: LocalAccount) -> None:
+        self.cfg, self.store, self.signer = cfg, store, signer
+        self._busy = threading.Lock()
+        self.resyncs = 0
+
+    def check(self, gates: dict[int, int], say: Callable[[str], None] = log.warning) -> bool:
+        """``gates``: chain id -> the global counter an epoch read. Returns True if a resync
+        was started."""
+        recorded = self.store.counters()
+        if all(c in recorded and recorded[c].counter == n for c, n in gates.items()):
+            return False
+        if not self._busy.acquire(blocking=False):
+            return False
+
+        def run() -> None:
+            try:
+                sync_counters(self.cfg, self.store, self.signer, say)
+                self.resyncs += 1
+            except (ChainError, AggregatorError) as exc:
+                say(f"gate counters: resync failed: {exc}")
+            finally:
+                self._busy.release()
+
+        threading.Thread(target=run, name="omnimargin-counter-resync", daemon=True).start()
+        return True

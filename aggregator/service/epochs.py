@@ -348,6 +348,7 @@ class EpochRunner:
     _model: _Model | None = None
     _number: int = 0
     _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
     _pool: ProcessPoolExecutor | None = None
     _idle: dict[str, int] = field(default_factory=dict)  # account -> empty epochs in a row
 
@@ -359,8 +360,9 @@ class EpochRunner:
         if limit is not None and len(self.accounts) >= limit:
             return False
         self.accounts.add(account)
-        if self._wake is not None:
-            self._wake.set()
+        if self._wake is not None and self._loop is not None:
+            # from any thread (authorisations run on worker threads): the event's loop sets it
+            self._loop.call_soon_threadsafe(self._wake.set)
         return True
 
     def unwatch_idle(self, epoch: Epoch) -> list[str]:
@@ -495,6 +497,7 @@ class EpochRunner:
     async def run(self) -> None:
         """Epochs forever, ``interval_s`` apart (sooner when a new account is watched)."""
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         while True:
             started = time.monotonic()
             try:
