@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from aggregator.attestation import load_signer_key
-from aggregator.authorize import Request, decide, fresh_state
+from aggregator.authorize import Request, authorize, decide, fresh_state, held_margin
 from aggregator.gate_sync import sync_counters
 from aggregator.service.launcher import Server
 from aggregator.store import Store
@@ -31,6 +31,7 @@ from tests.gate_helpers import (
     fresh_accounts,
     fund,
     gate_config,
+    live_rows,
     serve,
     wait_epoch,
 )
@@ -67,7 +68,7 @@ class Quiet:
     """A devnet of its own with no server (in-process stores bump its gates' counters)."""
 
     def __init__(self, devnet_config: Path) -> None:
-        self.pool = fresh_accounts(6, f"gate-quiet-{time.time()}")
+        self.pool = fresh_accounts(8, f"gate-quiet-{time.time()}")
         self.cfg = load_config(devnet_config)
         fund(self.cfg, self.pool)
         self.chains = Chains(self.cfg)
@@ -249,8 +250,8 @@ def test_cutting_risk_is_approved_below_margin_adding_it_is_not(
     quiet: Quiet, tmp_path: Path
 ) -> None:
     """Under water after a -40 % ETH move: a partial close is approved (reduce-only), more
-    risk and a close that flips the position are refused. (Last: it moves the quiet devnet's
-    ETH feeds.)"""
+    risk and a close that flips the position are refused. (It moves the quiet devnet's ETH
+    feeds: the tests after it see the moved price.)"""
     cfg, chains = quiet.cfg, quiet.chains
     account = quiet.account()
     key = load_signer_key(cfg.signer)
@@ -281,3 +282,58 @@ def test_cutting_risk_is_approved_below_margin_adding_it_is_not(
     assert cut["approved"] and cut["reduce_only"], cut["reason"]
     assert not flip["approved"]
     assert chains.submit(cut) == ""
+
+
+def test_an_idempotency_key_returns_the_same_attestation(net: Net) -> None:
+    account = net.account()
+    body = {"account": account, "chain_id": B, "market": "ETH", "size_delta": "2"}
+    headers = {**net.server.auth, "Idempotency-Key": f"order-{time.time_ns()}"}
+    with net.server.client(headers=headers) as c:
+        first = c.post("/v1/authorizations", json=body)
+        again = c.post("/v1/authorizations", json=body)
+        other = c.post("/v1/authorizations", json={**body, "size_delta": "3"})
+        bad = c.post("/v1/authorizations", json=body, headers={"Idempotency-Key": "two words"})
+    assert first.status_code == again.status_code == 200
+    assert first.json()["approved"] and first.json() == again.json()
+    assert (other.status_code, other.json()["field"]) == (409, "Idempotency-Key")
+    assert bad.status_code == 422 and "idempotency" in bad.json()["field"].lower()
+    store_rows = [
+        r for r in live_rows(Path(str(load_config(net.config).store_path))) if r[0] == account
+    ]
+    assert len(store_rows) == 1  # one reservation, not two
+
+
+def test_a_cancelled_attestation_stops_holding_margin(quiet: Quiet, tmp_path: Path) -> None:
+    cfg, account = quiet.cfg, quiet.account()
+    key = load_signer_key(cfg.signer)
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        state = fresh_state(cfg, store, key, account)
+        d = decide(cfg, state, Request(account, C, "ETH", Decimal(20)), store, key)
+        assert d["approved"], d["reason"]
+        assert held_margin(fresh_state(cfg, store, key, account), store.live(account)) > 0
+        assert quiet.chains.cancel(d) == ""
+        after = fresh_state(cfg, store, key, account)
+        assert [r.state for r in store.reservations(account)] == ["cancelled"]
+        assert held_margin(after, store.live(account)) == 0
+    finally:
+        store.close()
+    assert "nonce cancelled" in quiet.chains.submit(d)
+
+
+def test_a_target_chain_whose_clock_is_off_is_refused_by_name(quiet: Quiet, tmp_path: Path) -> None:
+    """(Last: it moves the quiet devnet's chain B clock two minutes ahead.)"""
+    cfg, account = quiet.cfg, quiet.account()
+    key = load_signer_key(cfg.signer)
+    w3 = quiet.chains.w3[B]
+    w3.provider.make_request("evm_setNextBlockTimestamp", [int(time.time()) + 120])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        on_b = authorize(cfg, Request(account, B, "ETH", Decimal(1)), store, key)
+        on_c = authorize(cfg, Request(account, C, "ETH", Decimal(1)), store, key)
+    finally:
+        store.close()
+    assert not on_b["approved"] and "devnet-arb (31337002)" in on_b["reason"]
+    assert "from the wall clock" in on_b["reason"]
+    assert on_c["approved"], on_c["reason"]

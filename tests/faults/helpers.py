@@ -22,7 +22,7 @@ from aggregator.authorize import Request, account_state, decide, gated
 from aggregator.gate_sync import sync_counters
 from aggregator.store import GateCounter, Store
 from aggregator.world import World, read_world
-from chains.config import OmnimarginConfig, parse_config
+from chains.config import OmnimarginConfig, load_config, parse_config
 from chains.devnet_nodes import HOST, Node, anvil_binary, free_ports, nodes_of, read_state
 from chains.reader import snapshot_all
 from chains.types import ChainSnapshot
@@ -79,12 +79,16 @@ _COUNTERS: dict[tuple[str, ...], dict[int, GateCounter]] = {}
 def synced_counters(cfg: OmnimarginConfig) -> dict[int, GateCounter]:
     """Gate counters bumped once per devnet (by a store of its own), for the fresh stores of
     :func:`decision`: a world read after this call is pinned past the bump."""
-    key = tuple(c.rpc_urls[0] + str(c.margin_gate) for c in cfg.chains)
+    # one devnet, however its endpoints are edited (a slow proxy, a dead one): synced once,
+    # through the devnet's own config
+    directory = (cfg.devnet or {}).get("dir")
+    base = load_config(Path(directory) / "config.toml") if directory else cfg
+    key = (str(directory),) if directory else tuple(c.rpc_urls[0] for c in cfg.chains)
     if key not in _COUNTERS:
         with tempfile.TemporaryDirectory() as tmp:
             store = Store(Path(tmp) / "sync.sqlite")
             try:
-                sync_counters(cfg, store, load_signer_key(cfg.signer))
+                sync_counters(base, store, load_signer_key(base.signer))
                 _COUNTERS[key] = store.counters()
             finally:
                 store.close()
