@@ -20,11 +20,13 @@ from aggregator.gate import (
     outstanding,
     reduces_position,
     settled,
+    tail_mean,
     worst_case,
 )
 from aggregator.margin import MarginPolicy, ScenarioSet
 from aggregator.store import Reservation
 from chains.margin_gate import GateState, NonceStatus
+from montecarlo.measures import expected_shortfall
 
 POLICY = MarginPolicy(scenarios=4000, seed=3)
 COLUMNS = ("BTC", "ETH", "LINK", "USDC")
@@ -49,7 +51,8 @@ def _brute(
             moved = pnl.copy()
             for c in subset:
                 moved = moved + scen.column_returns(c.column) * c.exposure_usd
-            need = im_of(moved[None, :], policy)[0] - sum(c.equity_usd for c in subset)
+            es = float(expected_shortfall(-moved, policy.im_alpha))  # the engine's measure
+            need = max(es, 0.0) - sum(c.equity_usd for c in subset)
             worst = max(worst, need)
     return float(worst)
 
@@ -173,3 +176,35 @@ def test_outstanding_follows_the_pinned_state() -> None:
         (6, "cancelled", 50),
         (7, "expired", 50),
     ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.sampled_from([1000, 40_000, 100_000]),
+    alpha=st.sampled_from([0.9, 0.975, 0.99, 0.999]),
+    seed=st.integers(0, 2**32 - 1),
+    ties=st.booleans(),
+)
+def test_tail_mean_is_the_mean_of_the_k_largest(
+    m: int, alpha: float, seed: int, ties: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    losses = rng.standard_t(2.5, size=m) * 1000
+    if ties:  # a tail of equal values (a position whose loss is capped)
+        losses = np.minimum(losses, np.quantile(losses, 0.995))
+    k = max(1, int(np.ceil(round((1 - alpha) * m, 9))))
+    expected = float(np.sort(losses)[-k:].mean())
+    assert tail_mean(losses, k) == pytest.approx(expected, rel=1e-12, abs=1e-9)
+
+
+def test_tail_mean_when_the_sample_misjudges_the_tail() -> None:
+    k = 1000
+    # the large losses all at sampled positions: the threshold leaves fewer than k above it
+    # (the whole row is partitioned instead)
+    heavy = np.zeros(100_000)
+    heavy[::12] = np.arange(1, 8335) * 1.0
+    # the large losses all between them: the threshold is 0 and keeps everything
+    light = np.zeros(100_000)
+    light[np.arange(100_000) % 12 == 5] = np.arange(1, 8334) * 1.0
+    for losses in (heavy, light):
+        assert tail_mean(losses, k) == pytest.approx(np.sort(losses)[-k:].mean(), rel=1e-12)
