@@ -102,7 +102,8 @@ def im_of(pnl: np.ndarray, policy: MarginPolicy) -> np.ndarray:
     es = np.array([tail_mean(row, k) for row in losses])
     if policy.im_multiplier is not None:
         es = es * policy.im_multiplier
-    return np.maximum(es, 0.0)
+    out: np.ndarray = np.maximum(es, 0.0)
+    return out
 
 
 #: a strided sample of this many losses sets the threshold of :func:`tail_mean`

@@ -215,7 +215,7 @@ def write_sections(path: Path, method: str, sections: dict[str, str]) -> None:
     the existing file (e.g. the chain-read benchmark's) as it was."""
     old = path.read_text() if path.exists() else ""
     order = ["numpy", "cupy", "chains", "service", "soak"]
-    for name in re.findall(r"<!-- (\w+):start -->", old):
+    for name in [*re.findall(r"<!-- (\w+):start -->", old), *sections]:
         if name not in order:
             order.append(name)
     kept = {n: sections.get(n) or _existing(old, n) for n in order}
