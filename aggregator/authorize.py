@@ -400,10 +400,12 @@ def held_margin(state: AccountState, rows: list[Reservation]) -> float:
     outs = outstanding(rows, state.world.gates)
     if not outs:
         return 0.0
-    changes = [change_of(state.world, r.kind, r.market, Decimal(r.size_delta)) for r in outs]
-    if any(c is None for c in changes) or group_count(changes) > MAX_GROUPS:  # type: ignore[arg-type]
-        return float("inf")
-    wc = worst_case(state.scenario_pnl(), state.scen, changes, state.policy)  # type: ignore[arg-type]
+    priced = [change_of(state.world, r.kind, r.market, Decimal(r.size_delta)) for r in outs]
+    changes = [c for c in priced if c is not None]
+    if len(changes) < len(priced) or group_count(changes) > MAX_GROUPS:
+        # cannot be evaluated: everything free is held (fail closed, a finite figure)
+        return max(float(state.figures.equity) - state.figures.initial_margin, 0.0)
+    wc = worst_case(state.scenario_pnl(), state.scen, changes, state.policy)
     return max(wc.shortfall - state.figures.initial_margin, 0.0)
 
 
