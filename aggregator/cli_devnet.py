@@ -212,6 +212,36 @@ def advance(
     out_console.print(table)
 
 
+@devnet_app.command()
+def shock(
+    asset: Annotated[str, typer.Option(help="Canonical asset whose feeds move (ETH).")],
+    pct: Annotated[str, typer.Option(help="Percent move, e.g. -40 (above -100).")],
+    directory: DirOption = DEFAULT_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Move one asset's price feeds by a percentage on every chain at once."""
+    from aggregator.errors import AggregatorError
+    from aggregator.inputs import parse_decimal
+    from chains.config import load_config
+    from chains.devnet_control import shock as shock_feeds
+
+    try:
+        move = parse_decimal("pct", pct)
+        config = load_config(directory / "config.toml")
+        prices = asyncio.run(shock_feeds(config, asset, move))
+    except (AggregatorError, ChainError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"asset": asset, "pct": pct, "prices": {str(c): str(p) for c, p in prices.items()}}
+            )
+        )
+        return
+    price = next(iter(prices.values()))
+    out_console.print(f"{asset} {move:+}% on chains {', '.join(map(str, prices))}: {price} USD")
+
+
 #: ``devnet submit`` exits 1 when the chain reverts the transaction (2 on bad input)
 EXIT_REVERTED = 1
 ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)

@@ -133,6 +133,36 @@ async def advance_prices(
     return moved
 
 
+async def shock(config: OmnimarginConfig, asset: str, pct: Decimal) -> dict[int, Decimal]:
+    """Move ``asset``'s price by ``pct`` percent on every chain at once (one new round on each
+    of its feeds, updatedAt = that chain's latest block time), from the devnet's replay price;
+    later ``advance_prices`` steps go on from the shocked price. Returns chain id -> price."""
+    if not Decimal(-100) < pct:
+        raise DevnetError(f"pct: must be above -100, got {pct}")
+    directory = Path(_devnet(config)["dir"])
+    state = read_state(directory)
+    if state is None or "replay" not in state:
+        raise DevnetError(f"no running devnet recorded in {directory}")
+    feeds = [f for f in config.feeds if f.asset == asset]
+    if not feeds:
+        known = sorted({f.asset for f in config.feeds})
+        raise DevnetError(f"asset: no {asset!r} feed on this devnet (feeds: {', '.join(known)})")
+    replay = state["replay"]
+    if asset not in replay["price"]:
+        raise DevnetError(f"asset: {asset} has no replay price to move")
+    before = Decimal(replay["price"][asset])
+    price = (before * (1 + pct / 100)).quantize(Decimal(1).scaleb(-FEED_DECIMALS))
+    if price <= 0:
+        raise DevnetError(f"pct: {pct} % takes {asset} to {price}, not a price")
+    pushes: dict[int, list[tuple[str, int]]] = {}
+    for f in feeds:
+        pushes.setdefault(f.chain_id, []).append((f.address, price_answer(price)))
+    await asyncio.gather(*(_push(config, cid, p) for cid, p in pushes.items()))
+    replay["price"][asset] = str(price)
+    write_state(directory, state)
+    return {cid: price for cid in pushes}
+
+
 async def set_feed(
     config: OmnimarginConfig,
     chain_id: int,
