@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
     env = {**os.environ, "GATE_EXAMPLES": str(args.examples), "GATE_STEPS": str(args.steps)}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TEST]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=0", TEST]
     done = subprocess.run(command, cwd=ROOT, env=env, check=False)
     if done.returncode == 0:
         subprocess.run([sys.executable, "-m", "benchmarks.reliability"], cwd=ROOT, check=True)
