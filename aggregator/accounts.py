@@ -155,6 +155,7 @@ def portfolio_of(world: World, account: str, venues: list[Line] | None = None) -
                     "perp",
                     (("block", str(snap.block_number)), ("market_id", pos.market_id)),
                     entry_price=Fraction(pos.entry_price, 10**pos.price_decimals),
+                    realized=Fraction(pos.realized, 10**18),
                 )
             )
     lines.extend(
@@ -287,4 +288,5 @@ def _line_json(ln: Line) -> dict[str, Any]:
         "in_flight": ln.in_flight,
         **dict(ln.provenance),
         **({"entry_price": float(ln.entry_price)} if ln.entry_price is not None else {}),
+        **({"realized_pnl": float(ln.realized)} if ln.realized else {}),
     }

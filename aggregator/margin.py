@@ -170,6 +170,7 @@ class MarginFigures:
     by_asset: dict[str, float]
     by_chain: dict[str, float]
     reasons: tuple[str, ...]
+    unknown: bool = False  # a position or debt with an asset unpriced: health unknowable
 
     @property
     def free_margin(self) -> float:
@@ -177,15 +178,19 @@ class MarginFigures:
 
     @property
     def health(self) -> float | None:
-        return float(self.equity) / self.maintenance_margin if self.maintenance_margin > 0 else None
+        if self.unknown or self.maintenance_margin <= 0:
+            return None
+        return float(self.equity) / self.maintenance_margin
 
     @property
-    def liquidatable(self) -> bool:
-        return float(self.equity) < self.maintenance_margin
+    def liquidatable(self) -> bool | None:
+        """Equity below MM at good prices; None (never False) when health is unknown."""
+        return None if self.unknown else float(self.equity) < self.maintenance_margin
 
     @property
     def status(self) -> str:
-        return "degraded" if self.reasons else "ok"
+        """``unknown`` (see ``unknown``), ``degraded`` (data behind it is), or ``ok``."""
+        return "unknown" if self.unknown else "degraded" if self.reasons else "ok"
 
 
 def initial_margin(
@@ -245,6 +250,7 @@ def figures_of(
         by_asset,
         by_chain,
         tuple(dict.fromkeys((*val.reasons, *extra_reasons))),
+        val.unknown,
     )
 
 

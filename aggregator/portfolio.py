@@ -32,6 +32,7 @@ class Line:
     provenance: tuple[tuple[str, str], ...] = ()
     entry_price: Fraction | None = None
     in_flight: bool = False
+    realized: Fraction = Fraction(0)  # a perp's realised P&L, USD (equity, no exposure)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ def chain_json(s: ChainSnapshot) -> dict[str, Any]:
                 "size": str(p.size),
                 "entry_price": str(p.entry_price),
                 "price_decimals": p.price_decimals,
+                "realized": str(p.realized),
             }
             for p in s.positions
         ],

@@ -1,9 +1,9 @@
 """Valuation of a portfolio at oracle prices (DESIGN.md, "Margin"), exactly, failing closed.
 
-equity = collateral value + unrealised perp P&L - debt. Collateral whose asset has no ``ok``
-price counts zero; diverged assets are valued at their lowest ``ok`` price. A perp position
-whose asset has no price cannot be valued: the portfolio is degraded and no new risk is
-authorised on it.
+equity = collateral value + perp P&L (unrealised and realised) - debt. Collateral whose asset
+has no ``ok`` price counts zero; diverged assets are valued at their lowest ``ok`` price. A perp
+position whose asset has no price cannot be valued (its realised loss still counts): the
+portfolio is degraded and no new risk is authorised on it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ class Valuation:
     line_values: tuple[Fraction, ...]
     line_exposures: tuple[Fraction, ...]
     reasons: tuple[str, ...]
+    unpriced: tuple[str, ...] = ()  # assets of lines that have no trustworthy price
+
+    @property
+    def unknown(self) -> bool:
+        """Health cannot be known: a position or a debt, and some line without a price (its
+        value is not zero, only unknown; never a reason to call it healthy or liquidatable)."""
+        return bool(self.unpriced) and any(
+            ln.kind in ("perp", "debt") for ln in self.portfolio.lines
+        )
 
     @property
     def equity(self) -> Fraction:
@@ -49,10 +58,14 @@ def value_portfolio(pf: Portfolio, prices: Mapping[str, AssetPrice]) -> Valuatio
     values: list[Fraction] = []
     loads: list[Fraction] = []
     reasons: list[str] = []
+    unpriced: list[str] = []
     for line in pf.lines:
-        value, load, why = _value_line(line, prices.get(line.asset))
+        price = prices.get(line.asset)
+        value, load, why = _value_line(line, price)
         if why and why not in reasons:
             reasons.append(why)
+        if (price is None or price.price is None) and line.asset not in unpriced:
+            unpriced.append(line.asset)
         if line.kind == "collateral":
             collateral += value
         elif line.kind == "perp":
@@ -63,7 +76,15 @@ def value_portfolio(pf: Portfolio, prices: Mapping[str, AssetPrice]) -> Valuatio
         loads.append(load)
         exposures[line.column] = exposures.get(line.column, Fraction(0)) + load
     return Valuation(
-        pf, collateral, perp_pnl, debt, exposures, tuple(values), tuple(loads), tuple(reasons)
+        pf,
+        collateral,
+        perp_pnl,
+        debt,
+        exposures,
+        tuple(values),
+        tuple(loads),
+        tuple(reasons),
+        tuple(unpriced),
     )
 
 
@@ -73,7 +94,9 @@ def _value_line(line: Line, price: AssetPrice | None) -> tuple[Fraction, Fractio
         status = "no price feed" if price is None else price.reason
         if line.kind == "collateral":
             return Fraction(0), Fraction(0), f"{line.asset}: {status}; counted as zero collateral"
-        return Fraction(0), Fraction(0), f"{line.asset}: {status}; its {line.kind} cannot be valued"
+        # a loss already realised stays counted (never more margin for a missing price)
+        realized = min(line.realized, Fraction(0))
+        return realized, Fraction(0), f"{line.asset}: {status}; its {line.kind} cannot be valued"
     why = ""
     if price.status is PriceStatus.DIVERGED:
         why = f"{line.asset}: {price.reason}; valued at the lower price"
@@ -84,4 +107,5 @@ def _value_line(line: Line, price: AssetPrice | None) -> tuple[Fraction, Fractio
         value = line.quantity * max(price.price, price.collateral_price)  # a debt at the higher
         return -value, -value, why
     entry = line.entry_price if line.entry_price is not None else price.price
-    return line.quantity * (price.price - entry), line.quantity * price.price, why
+    pnl = line.quantity * (price.price - entry) + line.realized
+    return pnl, line.quantity * price.price, why

@@ -53,7 +53,7 @@ DECIMALS = selector("decimals()")
 BALANCE_OF = selector("balanceOf(address)")
 COLLATERAL = selector("collateral(address,address)")
 LATEST_ROUND = selector("latestRoundData()")
-POSITION = selector("position(address,bytes32)")  # PerpMarket: (int256 size, uint256 entry)
+POSITION = selector("position(address,bytes32)")  # PerpMarket: size, entry, realised P&L
 
 
 @dataclass(frozen=True)
@@ -340,17 +340,30 @@ class ChainReader:
     def _positions(
         self, reads: list[_Read], results: list[Result], errors: list[str]
     ) -> tuple[PerpPosition, ...]:
-        """Non-zero PerpMarket positions (two words: int256 size, uint256 entry price)."""
+        """PerpMarket positions with a size or realised P&L (three words: int256 size, uint256
+        entry price, int256 realised P&L)."""
         out, failed, cid = [], 0, ChainId(self.chain.chain_id)
         for r, res in zip(reads, results, strict=True):
             if r.kind != "position" or r.feed is None:
                 continue
-            if not res.ok or len(res.data) < 64:
+            if not res.ok or len(res.data) < 96:
                 failed += 1
-            elif size := int.from_bytes(res.data[:32], "big", signed=True):
+                continue
+            size = int.from_bytes(res.data[:32], "big", signed=True)
+            realized = int.from_bytes(res.data[64:96], "big", signed=True)
+            if size or realized:
                 mid, entry = "0x" + market_id(r.feed.asset).hex(), _uint(res.data[32:64])
-                pos = PerpPosition(Address(r.account), r.feed.asset, mid, size, entry, chain_id=cid)
-                out.append(pos)
+                out.append(
+                    PerpPosition(
+                        Address(r.account),
+                        r.feed.asset,
+                        mid,
+                        size,
+                        entry,
+                        chain_id=cid,
+                        realized=realized,
+                    )
+                )
         if failed:
             errors.append(f"{failed} position reads from {self.chain.perp_market} failed")
         return tuple(out)

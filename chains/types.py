@@ -95,7 +95,8 @@ class PerpPosition:
 
     ``size`` has 18 decimals of the asset (negative = short); ``entry_price`` is in USD with
     ``price_decimals`` decimals (the market's feed); ``market_id`` is ``0x`` hex of
-    :func:`market_id` of ``market``.
+    :func:`market_id` of ``market``; ``realized`` the P&L its reductions realised, USD with 18
+    decimals (a closed position with realised P&L is still a position: its P&L is equity).
     """
 
     account: Address
@@ -105,6 +106,7 @@ class PerpPosition:
     entry_price: int
     price_decimals: int = 8
     chain_id: ChainId = field(kw_only=True)
+    realized: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)

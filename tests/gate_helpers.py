@@ -194,4 +194,5 @@ def blocks_held(cfg: OmnimarginConfig) -> Iterator[None]:
         yield
     finally:
         for w3 in w3s:
-            w3.provider.make_request("evm_setIntervalMining", [BLOCK_TIME_S])  # type: ignore[arg-type]
+            with contextlib.suppress(OSError, ValueError):  # a node a test killed meanwhile
+                w3.provider.make_request("evm_setIntervalMining", [BLOCK_TIME_S])  # type: ignore[arg-type]

@@ -51,6 +51,13 @@ class Metrics:
         )
         self.epoch_number = Gauge("omnimargin_epoch", "The current epoch's number.", registry=r)
         self.accounts = Gauge("omnimargin_accounts", "Accounts in the current epoch.", registry=r)
+        self.by_status = Gauge(
+            "omnimargin_accounts_by_status",
+            "Accounts of the current epoch by margin status (unknown: a position or debt whose "
+            "prices are missing or stale: health unknown, no new risk, no liquidation).",
+            ["status"],
+            registry=r,
+        )
         self.watched = Gauge(
             "omnimargin_watched_accounts",
             "Accounts on the watch list (the config's and those added since).",
@@ -72,6 +79,12 @@ class Metrics:
         self.epoch_seconds.labels("compute").observe(epoch.compute_s)
         self.epoch_number.set(epoch.number)
         self.accounts.set(len(epoch.accounts))
+        counts = dict.fromkeys(("ok", "degraded", "unknown"), 0)
+        for state in epoch.accounts.values():
+            status = str(state.report["status"])
+            counts[status] = counts.get(status, 0) + 1
+        for status, n in counts.items():
+            self.by_status.labels(status).set(n)
         now = time.time()
         for s in epoch.world.snapshots:
             if s.ok and s.timestamp is not None:

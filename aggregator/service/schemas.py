@@ -77,8 +77,8 @@ class Margin(_Out):
     initial_margin: float
     reserved: float
     free_margin: float
-    health: float | None
-    liquidatable: bool
+    health: float | None = Field(description="equity / MM; null when unknown or MM is 0")
+    liquidatable: bool | None = Field(description="equity < MM; null (never false) when unknown")
     var: float
     es: float
     var_stderr: float | None
@@ -86,7 +86,7 @@ class Margin(_Out):
     alpha: float
     by_chain: dict[str, float]
     by_asset: dict[str, float]
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "unknown"]
     reasons: list[str]
     positions: list[PositionLine]
     snapshot: list[ChainBlock]
@@ -102,7 +102,7 @@ class Portfolio(_Out):
     quantities: dict[str, str]
     exposures_usd: dict[str, float]
     positions: list[PositionLine]
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "unknown"]
     reasons: list[str]
     snapshot_hash: Hash
     epoch: EpochInfo
@@ -202,7 +202,7 @@ class AccountSummary(_Out):
     initial_margin: float
     free_margin: float
     health: float | None
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "unknown"]
 
 
 class Accounts(_Out):

@@ -5,7 +5,10 @@
         UTF-8 (keccak256("ETH"), keccak256("BTC"), ...), the same id the attestation's `market`
         carries. Sizes are int256 with 18 decimals of the asset (negative = short); entry
         prices are the market's AggregatorV3 feed answer (8 decimals), size-weighted when a
-        position grows, kept when it shrinks, reset when it flips or closes.
+        position grows, kept when it shrinks, reset when it flips or closes. The P&L of the
+        part closed (size closed x (price - entry)) is realised into `realized` (USD, 18
+        decimals), so a trade at the mark moves no equity: position value + realised is
+        conserved, however the position is cut.
 """
 
 struct MarginAttestation:
@@ -49,6 +52,9 @@ gate: public(address)
 feed_of: public(HashMap[bytes32, address])
 market_ids: public(DynArray[bytes32, MAX_MARKETS])
 positions: HashMap[address, HashMap[bytes32, Position]]
+# account -> market -> P&L realised by reductions, USD with 18 decimals
+realized: HashMap[address, HashMap[bytes32, int256]]
+PRICE_UNIT: constant(int256) = 10**8  # the feeds' 8 decimals
 
 
 @deploy
@@ -77,10 +83,21 @@ def markets_count() -> uint256:
 
 @view
 @external
-def position(_account: address, _market_id: bytes32) -> (int256, uint256):
-    """@notice (size, entry_price) of `_account` in `_market_id`; zeros when none."""
+def position(_account: address, _market_id: bytes32) -> (int256, uint256, int256):
+    """@notice (size, entry_price, realised P&L) of `_account` in `_market_id`."""
     p: Position = self.positions[_account][_market_id]
-    return (p.size, p.entry_price)
+    return (p.size, p.entry_price, self.realized[_account][_market_id])
+
+
+@internal
+@pure
+def _closed(_old: int256, _delta: int256) -> int256:
+    """The signed part of `_old` that `_delta` closes (0 when it adds to the position)."""
+    if _old == 0 or (_old > 0) == (_delta > 0):
+        return 0
+    if abs(_delta) >= abs(_old):
+        return _old
+    return -_delta
 
 
 @internal
@@ -120,6 +137,10 @@ def open(_att: MarginAttestation, _signature: Bytes[65]):
     extcall MarginGate(self.gate).consume(_att, _signature)
     price: uint256 = self._price(feed)
     old: Position = self.positions[_att.account][_att.market]
+    closed: int256 = self._closed(old.size, _att.sizeDelta)
+    if closed != 0:
+        move: int256 = convert(price, int256) - convert(old.entry_price, int256)
+        self.realized[_att.account][_att.market] += closed * move // PRICE_UNIT
     new_size: int256 = old.size + _att.sizeDelta
     self.positions[_att.account][_att.market] = Position(
         size=new_size, entry_price=self._entry(old, _att.sizeDelta, new_size, price)
