@@ -120,7 +120,7 @@ class Chains:
     def position(self, chain_id: int, account: str, market: str) -> Decimal:
         from chains.types import market_id
 
-        size, _ = (
+        size, _, _ = (
             self.contract(chain_id, "PerpMarket")
             .functions.position(account, market_id(market))
             .call()
