@@ -93,6 +93,7 @@ class GateMachine(RuleBasedStateMachine):
         super().__init__()
         self.approved: list[dict[str, Any]] = []  # not yet submitted
         self.nonces: set[int] = set()
+        self.asked: list[tuple[int, int, str, str]] = []
         self.restarts = 0
 
     @initialize()
@@ -113,7 +114,14 @@ class GateMachine(RuleBasedStateMachine):
     def authorise(self, who: int, chain: int, order: tuple[str, str]) -> None:
         self._ask(who, chain, *order)
 
+    @precondition(lambda self: bool(self.asked))
+    @rule(data=st.data())
+    def ask_again(self, data: st.DataObject) -> None:
+        """The same request again (the attacker's way to stack approvals)."""
+        self._ask(*data.draw(st.sampled_from(self.asked)))
+
     def _ask(self, who: int, chain: int, market: str, size: str) -> None:
+        self.asked.append((who, chain, market, size))
         w = self.shared
         assert w.server is not None
         body = {"account": self.accounts[who], "chain_id": chain, "market": market}
@@ -144,7 +152,7 @@ class GateMachine(RuleBasedStateMachine):
             self.approved.remove(d)
             self.shared.counts["executed" if not self.shared.chains.submit(d) else "reverted"] += 1
 
-    @precondition(lambda self: bool(self.approved))
+    @precondition(lambda self: len(self.approved) >= 2)
     @rule(data=st.data())
     def cancel_one(self, data: st.DataObject) -> None:
         d = data.draw(st.sampled_from(self.approved))
