@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -120,26 +121,40 @@ class GateMachine(RuleBasedStateMachine):
         """The same request again (the attacker's way to stack approvals)."""
         self._ask(*data.draw(st.sampled_from(self.asked)))
 
-    def _ask(self, who: int, chain: int, market: str, size: str) -> None:
+    def _ask(self, who: int, chain: int, market: str, size: str, copies: int = 1) -> None:
+        """``copies`` identical requests at once (racing each other on the server)."""
         self.asked.append((who, chain, market, size))
         w = self.shared
         assert w.server is not None
         body = {"account": self.accounts[who], "chain_id": chain, "market": market}
-        with w.server.client(headers=w.server.auth) as c:
-            r = c.post("/v1/authorizations", json={**body, "size_delta": size})
-        assert r.status_code == 200, r.text
-        d = r.json()
-        w.counts["requests"] += 1
-        if not d["approved"]:
-            return
-        w.counts["approved"] += 1
-        message = d["attestation"]["typed_data"]["message"]
-        now = time.time()
-        assert message["validUntil"] > now, f"born expired: {message['validUntil']} <= {now}"
-        assert message["validUntil"] <= now + TTL_S + 1
-        assert message["nonce"] not in self.nonces, "nonce issued twice"
-        self.nonces.add(message["nonce"])
-        self.approved.append(d)
+
+        def one(_: int) -> dict[str, Any]:
+            assert w.server is not None
+            with w.server.client(headers=w.server.auth) as c:
+                r = c.post("/v1/authorizations", json={**body, "size_delta": size})
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        with ThreadPoolExecutor(copies) as pool:
+            answers = list(pool.map(one, range(copies)))
+        for d in answers:
+            w.counts["requests"] += 1
+            if not d["approved"]:
+                continue
+            w.counts["approved"] += 1
+            message = d["attestation"]["typed_data"]["message"]
+            now = time.time()
+            assert message["validUntil"] > now, f"born expired: {message['validUntil']} <= {now}"
+            assert message["validUntil"] <= now + TTL_S + 1
+            assert message["nonce"] not in self.nonces, "nonce issued twice"
+            self.nonces.add(message["nonce"])
+            self.approved.append(d)
+
+    @precondition(lambda self: bool(self.asked))
+    @rule(data=st.data(), copies=st.integers(2, 6))
+    def race(self, data: st.DataObject, copies: int) -> None:
+        """A request asked before, several times at once."""
+        self._ask(*data.draw(st.sampled_from(self.asked)), copies=copies)
 
     @precondition(lambda self: bool(self.approved))
     @rule(data=st.data(), everything=st.booleans())
