@@ -192,6 +192,20 @@ def change_of(world: World, kind: str, market: str, size: Decimal) -> Change | N
     return Change(market, kind, float(usd))
 
 
+def outstanding_changes(
+    world: World, outs: list[Reservation]
+) -> tuple[list[Change], Reservation | None]:
+    """The USD changes of outstanding rows at the world's prices, and the first row that has
+    no price (None when every one is priced)."""
+    changes: list[Change] = []
+    for r in outs:
+        c = change_of(world, r.kind, r.market, Decimal(r.size_delta))
+        if c is None:
+            return changes, r
+        changes.append(c)
+    return changes, None
+
+
 @dataclass
 class _Verdict:
     """What the decision found inside the store's transaction (for the response)."""
@@ -211,13 +225,12 @@ def _judge(
     the margin the approval holds over IM now, or None to refuse (``v`` says why)."""
     outs = outstanding(rows, state.world.gates)
     v.outstanding = len(outs)
-    changes = []
-    for r in outs:
-        c = change_of(state.world, r.kind, r.market, Decimal(r.size_delta))
-        if c is None:
-            v.reason = f"{r.market}: no price for an outstanding attestation (nonce {r.nonce})"
-            return None
-        changes.append(c)
+    changes, unpriced = outstanding_changes(state.world, outs)
+    if unpriced is not None:
+        v.reason = (
+            f"{unpriced.market}: no price for an outstanding attestation (nonce {unpriced.nonce})"
+        )
+        return None
     if group_count([*changes, new]) > MAX_GROUPS:
         v.reason = (
             f"outstanding attestations span more than {MAX_GROUPS} (column, kind) groups: "
@@ -400,9 +413,8 @@ def held_margin(state: AccountState, rows: list[Reservation]) -> float:
     outs = outstanding(rows, state.world.gates)
     if not outs:
         return 0.0
-    priced = [change_of(state.world, r.kind, r.market, Decimal(r.size_delta)) for r in outs]
-    changes = [c for c in priced if c is not None]
-    if len(changes) < len(priced) or group_count(changes) > MAX_GROUPS:
+    changes, unpriced = outstanding_changes(state.world, outs)
+    if unpriced is not None or group_count(changes) > MAX_GROUPS:
         # cannot be evaluated: everything free is held (fail closed, a finite figure)
         return max(float(state.figures.equity) - state.figures.initial_margin, 0.0)
     wc = worst_case(state.scenario_pnl(), state.scen, changes, state.policy)

@@ -20,10 +20,9 @@ from web3.exceptions import Web3Exception
 
 from aggregator.errors import AggregatorError
 from aggregator.store import GateCounter, Store
-from chains.compile import load_artifact
 from chains.config import ChainConfig, OmnimarginConfig
 from chains.errors import ChainError, RpcUnavailable
-from chains.margin_gate import bump_global_counter, global_counter
+from chains.margin_gate import bump_global_counter, gate_contract, global_counter
 
 LOG_CHUNK = 10_000  # blocks per eth_getLogs
 log = logging.getLogger(__name__)
@@ -33,8 +32,7 @@ def unknown_consumed(chain: ChainConfig, store: Store, since: int) -> int:
     """How many nonces the gate consumed from block ``since`` on that ``store`` never issued."""
     assert chain.margin_gate is not None
     w3 = Web3(HTTPProvider(chain.rpc_urls[0], request_kwargs={"timeout": 30}))
-    abi = list(load_artifact("MarginGate").abi)
-    gate = w3.eth.contract(address=Web3.to_checksum_address(chain.margin_gate), abi=abi)
+    gate = gate_contract(w3, chain)
     try:
         head = int(w3.eth.block_number)
         events = []
@@ -55,14 +53,14 @@ def unknown_consumed(chain: ChainConfig, store: Store, since: int) -> int:
     return unknown
 
 
-def _unknown_or_zero(
-    chain: ChainConfig, store: Store, since: int, say: Callable[[str], None]
-) -> int:
+def _behind(chain: ChainConfig, store: Store, since: int) -> str | None:
+    """Why the store is behind ``chain``'s gate since block ``since``, or None. History that
+    cannot be checked counts as behind (fail closed: a bump only invalidates)."""
     try:
-        return unknown_consumed(chain, store, since)
+        n = unknown_consumed(chain, store, since)
     except ChainError as exc:
-        say(f"chain {chain.name} ({chain.chain_id}): cannot check the gate's history: {exc}")
-        return 0
+        return f"the gate's history could not be checked ({exc})"
+    return f"the gate consumed {n} nonce(s) this store never issued" if n else None
 
 
 def sync_counters(
@@ -92,8 +90,8 @@ def sync_counters(
             why = f"the store issued under another gate ({mine.gate})"
         elif mine.counter != on_chain:
             why = f"the gate's counter is {on_chain}, the store issued under {mine.counter}"
-        elif (n := _unknown_or_zero(chain, store, mine.block, say)) > 0:
-            why = f"the gate consumed {n} nonce(s) this store never issued"
+        else:
+            why = _behind(chain, store, mine.block)
         if why is None:
             continue
         bump = bump_global_counter(chain, signer)

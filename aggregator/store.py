@@ -367,9 +367,10 @@ class Store:
             rows = db.execute("SELECT chain_id, gate, counter, block FROM counters").fetchall()
         return {c: GateCounter(c, g, int(n), b) for c, g, n, b in rows}
 
-    def set_counter(self, counter: GateCounter) -> int:
-        """Issue under ``counter`` on its chain from now on; the chain's active reservations
-        under an older counter are dead from ``counter.block`` on (marked cancelled)."""
+    def set_counter(self, counter: GateCounter) -> None:
+        """Issue under ``counter`` on its chain from now on. Rows under an older counter are
+        marked cancelled once a pinned state at or after ``counter.block`` shows it
+        (aggregator.gate.settled), not here."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO counters (chain_id, gate, counter, block) VALUES (?, ?, ?, ?)"
@@ -377,7 +378,6 @@ class Store:
                 " counter = excluded.counter, block = excluded.block",
                 (counter.chain_id, counter.gate, str(counter.counter), counter.block),
             )
-            return 0
 
     # idempotency keys ----------------------------------------------------------------------
 

@@ -112,7 +112,8 @@ class CounterBump:
     tx_hash: str
 
 
-def _gate_contract(w3: Web3, chain: ChainConfig) -> Any:
+def gate_contract(w3: Web3, chain: ChainConfig) -> Any:
+    """The chain's MarginGate as a web3 contract (its compiled ABI)."""
     assert chain.margin_gate is not None
     abi = list(load_artifact("MarginGate").abi)
     return w3.eth.contract(address=Web3.to_checksum_address(chain.margin_gate), abi=abi)
@@ -122,7 +123,7 @@ def global_counter(chain: ChainConfig, timeout_s: float = 30.0) -> int:
     """The gate's global counter at the chain's head."""
     w3 = Web3(HTTPProvider(chain.rpc_urls[0], request_kwargs={"timeout": timeout_s}))
     try:
-        return int(_gate_contract(w3, chain).functions.global_counter().call())
+        return int(gate_contract(w3, chain).functions.global_counter().call())
     except (Web3Exception, OSError, ValueError) as exc:
         raise RpcUnavailable(f"{chain.name}: cannot read the gate's counter ({exc})") from None
 
@@ -133,7 +134,7 @@ def bump_global_counter(
     """Send ``increment_counter()`` from ``signer`` (a signer of the gate, holding gas on the
     chain) and wait for it: every attestation issued before it is dead from its block on."""
     w3 = Web3(HTTPProvider(chain.rpc_urls[0], request_kwargs={"timeout": 30}))
-    gate = _gate_contract(w3, chain)
+    gate = gate_contract(w3, chain)
     try:
         fn = gate.functions.increment_counter()
         fn.call({"from": signer.address})  # a revert says why before anything is sent
