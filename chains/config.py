@@ -227,6 +227,7 @@ class OmnimarginConfig(_Strict):
     margin: dict[str, Any] | None = None  # the aggregator's margin policy (it validates it)
     store_path: str | None = None  # SQLite file of reservations and used nonces
     service: dict[str, Any] | None = None  # `omnimargin serve` settings (the service validates)
+    alerts: list[dict[str, Any]] | None = None  # margin calls of `serve` (aggregator.alerts)
     devnet: dict[str, Any] | None = None
 
     @model_validator(mode="after")
