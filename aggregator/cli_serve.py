@@ -20,11 +20,13 @@ def _fail(message: str) -> None:
 
 def build_service(config_file: Path | None, **flags: Any) -> Any:
     """Everything ``serve`` runs, from the config and the flags (no server started)."""
+    from aggregator.alerts import load_alerts
     from aggregator.attestation import load_signer_key
     from aggregator.canonical import CanonicalCheck
     from aggregator.cli import ExecutorChoice, make_executor
     from aggregator.service.app import Service
     from aggregator.service.epochs import EpochRunner, ExecutorSpec
+    from aggregator.service.margin_calls import MarginCalls
     from aggregator.service.metrics import Metrics
     from aggregator.service.settings import load_settings
     from aggregator.store import Store
@@ -35,6 +37,7 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     path = config_path(config_file)
     cfg = load_config(path)
     settings = load_settings(cfg.service, **flags)
+    destinations = load_alerts(cfg.alerts)
     if not settings.api_key_bytes():
         raise InputError(
             "service.api_keys",
@@ -53,6 +56,8 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
 
     def on_epoch(epoch: Any) -> None:
         metrics.on_epoch(epoch)
+        alerts.on_epoch(epoch)  # only queues: webhooks go out on their own threads
+        metrics.health_bands(alerts.bands())
         counters.check({c: g.global_counter for c, g in epoch.world.gates.items()})
 
     # epochs leave a core to the requests unless told otherwise
@@ -65,6 +70,7 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         else make_executor(ExecutorChoice.ray, settings.ray_address, settings.workers, False)
     )
     metrics = Metrics()
+    alerts = MarginCalls(destinations, on_outcome=metrics.alert_sent)
     runner = EpochRunner(
         cfg,
         str(store_path),
@@ -82,7 +88,9 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     )
     metrics.watch_list(runner.accounts)
     canonical = CanonicalCheck(cfg, timeout_s=min(settings.read_timeout_s, 5.0))
-    return Service(cfg, settings, runner, store, signer, executor, metrics, canonical)
+    return Service(
+        cfg, settings, runner, store, signer, executor, metrics, canonical, alerts=alerts
+    )
 
 
 def _spare_cores() -> int:
@@ -141,6 +149,7 @@ def serve(
         svc.runner.close()
         svc.executor.close()
         svc.store.close()
+        svc.alerts.close()
 
 
 def report(

@@ -36,6 +36,7 @@ from aggregator.errors import AggregatorError, InputError
 from aggregator.inputs import load_json
 from aggregator.service import views
 from aggregator.service.epochs import Epoch, EpochRunner
+from aggregator.service.margin_calls import MarginCalls
 from aggregator.service.metrics import Metrics
 from aggregator.service.schemas import (
     ADDRESS_PATTERN,
@@ -80,6 +81,7 @@ class Service:
     metrics: Metrics
     canonical: CanonicalCheck
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
+    alerts: MarginCalls = field(default_factory=MarginCalls)  # margin calls (no webhooks)
 
 
 def _error(status: int, field: str, reason: str) -> JSONResponse:
@@ -195,6 +197,7 @@ def create_app(svc: Service) -> FastAPI:
             # here, not after uvicorn returns: uvicorn re-raises SIGTERM once it has shut down
             svc.runner.close()
             svc.executor.close()
+            await asyncio.to_thread(svc.alerts.close)  # queued margin calls get a grace
 
     app = FastAPI(
         title="omnimargin",

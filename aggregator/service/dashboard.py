@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from aggregator.charts import contributions_svg, loss_distribution_svg
 from aggregator.service.app import ERRORS, AccountPath, Svc, account_of, epoch_of, read_key
 from aggregator.service.epochs import Epoch
+from aggregator.service.margin_calls import AlertsReport
 
 Chart = Literal["losses", "by_chain", "by_asset"]
 
@@ -82,3 +83,15 @@ def mount_dashboard(app: FastAPI) -> None:
         epoch = epoch_of(svc)
         a = account_of(svc, epoch, account)
         return Response(cache.get(epoch, a, chart), media_type="image/svg+xml")
+
+    @app.get(
+        "/v1/alerts",
+        response_model=AlertsReport,
+        responses=ERRORS,
+        dependencies=[Depends(read_key)],
+        tags=["dashboard"],
+    )
+    async def alerts(svc: Svc) -> AlertsReport:
+        """The latest epoch's accounts by health band and the last margin calls, newest first,
+        with how each ``[[alerts]]`` destination took them."""
+        return svc.alerts.report()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -68,10 +68,30 @@ class Metrics:
             "Accounts that left the watch list, idle (nothing on any chain) for too many epochs.",
             registry=r,
         )
+        self.by_band = Gauge(
+            "omnimargin_accounts_by_health_band",
+            "Accounts of the current epoch by health band (healthy, warning: health under the "
+            "first [[alerts]] warning_health, liquidatable: equity under MM, unknown).",
+            ["band"],
+            registry=r,
+        )
+        self.alerts_sent = Counter(
+            "omnimargin_alerts_sent",
+            "Margin calls by event and final outcome at each destination (delivered, failed).",
+            ["event", "outcome"],
+            registry=r,
+        )
 
     def watch_list(self, accounts: Collection[str]) -> None:
         """The watched-accounts gauge reads ``accounts`` (the runner's set) when scraped."""
         self.watched.set_function(lambda: len(accounts))
+
+    def health_bands(self, counts: Mapping[str, int]) -> None:
+        for band, n in counts.items():
+            self.by_band.labels(band).set(n)
+
+    def alert_sent(self, event: str, outcome: str) -> None:
+        self.alerts_sent.labels(event, outcome).inc()
 
     def on_epoch(self, epoch: Epoch) -> None:
         self.epochs.labels("ok").inc()
