@@ -139,6 +139,7 @@ def portfolio_of(world: World, account: str, venues: list[Line] | None = None) -
                     ("contract", h.source_address or h.token),
                 ),
                 in_flight=h.in_flight,
+                locked=h.locked,
             )
         )
     for snap in world.snapshots:
@@ -213,9 +214,8 @@ def margin_report(
     """The JSON of ``omnimargin margin`` and the figures behind it."""
     pf = portfolio_of(world, account, venues)
     check_columns(pf, scen.columns)
-    figures = margin_of(
-        value_portfolio(pf, world.prices), scen, policy, reserved, account_reasons(world, account)
-    )
+    val = value_portfolio(pf.backing(), world.prices)
+    figures = margin_of(val, scen, policy, reserved, account_reasons(world, account))
     return report_json(world, pf, figures, policy, risk_model_hash(scen, policy)), figures
 
 
@@ -234,8 +234,10 @@ def account_reasons(world: World, account: str) -> tuple[str, ...]:
 def report_json(
     world: World, pf: Portfolio, figures: MarginFigures, policy: MarginPolicy, model_hash: str
 ) -> dict[str, Any]:
-    """The margin JSON of one account (the CLI's and the service's)."""
+    """The margin JSON of one account (the CLI's and the service's). ``figures`` are those of
+    ``pf.backing()``; ``pf``'s unlocked holdings are listed apart, valued, counting zero."""
     return {
+        **split_json(world, pf),
         "account": pf.account,
         "equity": float(figures.equity),
         "maintenance_margin": figures.maintenance_margin,
@@ -269,6 +271,27 @@ def report_json(
     }
 
 
+def split_json(world: World, pf: Portfolio) -> dict[str, Any]:
+    """What backs margin and what does not: ``collateral_locked`` (vault balances, shares
+    locked in a vault) and ``holdings_unlocked`` (wallets, shares in wallets, transfers in
+    flight to a wallet, venue balances), each line with its USD value, and their totals."""
+    out: dict[str, Any] = {}
+    for name, lines in (
+        (
+            "collateral_locked",
+            tuple(ln for ln in pf.lines if ln.kind == "collateral" and ln.locked),
+        ),
+        ("holdings_unlocked", pf.unlocked()),
+    ):
+        val = value_portfolio(Portfolio(pf.account, lines), world.prices)
+        out[f"{name}_usd"] = float(val.collateral - val.debt)
+        out[name] = [
+            {**_line_json(ln), "value_usd": float(v)}
+            for ln, v in zip(lines, val.line_values, strict=True)
+        ]
+    return out
+
+
 def exact_decimal(q: Fraction) -> str:
     """A fraction with a power-of-ten-compatible denominator as an exact decimal string."""
     for k in range(0, 80):
@@ -286,6 +309,7 @@ def _line_json(ln: Line) -> dict[str, Any]:
         "chain_id": ln.chain_id,
         "source": ln.source,
         "in_flight": ln.in_flight,
+        "locked": ln.backs_margin,
         **dict(ln.provenance),
         **({"entry_price": float(ln.entry_price)} if ln.entry_price is not None else {}),
         **({"realized_pnl": float(ln.realized)} if ln.realized else {}),

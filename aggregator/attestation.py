@@ -1,9 +1,11 @@
 """Margin attestations: EIP-712 typed data the aggregator signs and MarginGate verifies.
 
-DESIGN.md, "Attestations". The domain is {name "omnimargin", version "1", chainId = the target
-chain, verifyingContract = its MarginGate}; the primary type is ``MarginAttestation`` below,
-the same struct, field for field, as ``chains/contracts/MarginGate.vy``. USD amounts are 1e18
-fixed point; ``market`` is keccak256 of the canonical asset name (:func:`market_id`).
+docs/ARCHITECTURE.md, "Attestations". The domain is {name "omnimargin", version "1", chainId =
+the target chain, verifyingContract = its MarginGate}; the primary types are
+``MarginAttestation`` (a position change) and ``WithdrawalAttestation`` (collateral leaving a
+vault) below, the same structs, field for field, as ``chains/contracts/MarginGate.vy``. USD
+amounts are 1e18 fixed point; ``market`` is keccak256 of the canonical asset name
+(:func:`market_id`).
 EIP-712: https://eips.ethereum.org/EIPS/eip-712.
 
 The signer's private key comes from a file only its owner can read, or from an environment
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
@@ -30,7 +32,9 @@ from chains.config import SignerConfig
 from chains.types import market_id
 
 __all__ = [
+    "Attestation",
     "MarginAttestation",
+    "WithdrawalAttestation",
     "digest",
     "load_signer_key",
     "market_id",
@@ -61,40 +65,47 @@ FIELDS = (
     ("nonce", "uint256", "nonce"),
     ("counter", "uint256", "counter"),
 )
+WITHDRAWAL_FIELDS = (
+    ("account", "address", "account"),
+    ("vault", "address", "vault"),
+    ("token", "address", "token"),
+    ("amount", "uint256", "amount"),
+    ("recipient", "address", "recipient"),
+    ("equity", "uint256", "equity"),
+    ("initialMargin", "uint256", "initial_margin"),
+    ("snapshotHash", "bytes32", "snapshot_hash"),
+    ("riskModelHash", "bytes32", "risk_model_hash"),
+    ("issuedAt", "uint64", "issued_at"),
+    ("validUntil", "uint64", "valid_until"),
+    ("nonce", "uint256", "nonce"),
+    ("counter", "uint256", "counter"),
+)
 _RANGES = {
     "int256": (-(2**255), 2**255 - 1),
     "uint256": (0, 2**256 - 1),
     "uint64": (0, 2**64 - 1),
 }
+Fields = tuple[tuple[str, str, str], ...]
 
 
-@dataclass(frozen=True)
-class MarginAttestation:
-    """One authorisation: ``account`` may change its ``market`` position by ``size_delta``
-    (18 decimals of the asset), given ``equity`` and ``initial_margin`` (USD, 1e18 fixed point)
-    computed from the chain reads ``snapshot_hash`` with the model ``risk_model_hash``; valid
-    from ``issued_at`` to ``valid_until`` (unix seconds), once per (account, nonce), and only
-    while the gate's ``counter_of(account)`` is still ``counter``."""
+class _Signed:
+    """An EIP-712 struct the gate verifies: ``PRIMARY`` names it, ``FIELDS`` lists
+    (EIP-712 name, Solidity type, attribute) in the contract's order. Subclasses are frozen
+    dataclasses; every field is checked against its Solidity type on construction."""
 
-    account: str
-    market: bytes
-    size_delta: int
-    equity: int
-    initial_margin: int
-    snapshot_hash: bytes
-    risk_model_hash: bytes
+    PRIMARY: ClassVar[str]
+    FIELDS: ClassVar[Fields]
     issued_at: int
     valid_until: int
-    nonce: int
-    counter: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "account", checked_account(self.account))
-        for _, kind, name in FIELDS:
+        for _, kind, name in self.FIELDS:
             value = getattr(self, name)
-            if kind == "bytes32" and not (isinstance(value, bytes) and len(value) == 32):
+            if kind == "address":
+                object.__setattr__(self, name, checked_account(value, name))
+            elif kind == "bytes32" and not (isinstance(value, bytes) and len(value) == 32):
                 raise InputError(name, f"must be 32 bytes, got {value!r}")
-            if kind in _RANGES:
+            elif kind in _RANGES:
                 low, high = _RANGES[kind]
                 if not (isinstance(value, int) and low <= value <= high):
                     raise InputError(name, f"must be an integer in {kind} range, got {value!r}")
@@ -102,13 +113,15 @@ class MarginAttestation:
             raise InputError("valid_until", f"{self.valid_until} is before {self.issued_at}")
 
     @classmethod
-    def from_typed_data(cls, typed: dict[str, Any]) -> MarginAttestation:
+    def from_typed_data(cls, typed: dict[str, Any]) -> Self:
         """The attestation in an EIP-712 JSON written by :func:`typed_data`."""
+        if typed.get("primaryType", cls.PRIMARY) != cls.PRIMARY:
+            raise InputError("typed_data.primaryType", f"must be {cls.PRIMARY}")
         message = typed.get("message")
         if not isinstance(message, dict):
             raise InputError("typed_data.message", "missing")
         fields: dict[str, Any] = {}
-        for typed_name, kind, name in FIELDS:
+        for typed_name, kind, name in cls.FIELDS:
             if typed_name not in message:
                 raise InputError(f"typed_data.message.{typed_name}", "missing")
             value = message[typed_name]
@@ -121,21 +134,71 @@ class MarginAttestation:
         return cls(**fields)
 
     def as_tuple(self) -> tuple[Any, ...]:
-        """The struct as an ABI tuple (what a contract call with ``MarginAttestation`` takes)."""
-        return astuple(self)
+        """The struct as an ABI tuple (what a contract call taking the struct takes)."""
+        return tuple(getattr(self, name) for _, _, name in self.FIELDS)
 
 
-def typed_data(att: MarginAttestation, chain_id: int, gate: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class MarginAttestation(_Signed):
+    """One authorisation: ``account`` may change its ``market`` position by ``size_delta``
+    (18 decimals of the asset), given ``equity`` and ``initial_margin`` (USD, 1e18 fixed point)
+    computed from the chain reads ``snapshot_hash`` with the model ``risk_model_hash``; valid
+    from ``issued_at`` to ``valid_until`` (unix seconds), once per (account, nonce), and only
+    while the gate's ``counter_of(account)`` is still ``counter``."""
+
+    PRIMARY: ClassVar[str] = "MarginAttestation"
+    FIELDS: ClassVar[Fields] = FIELDS
+    account: str
+    market: bytes
+    size_delta: int
+    equity: int
+    initial_margin: int
+    snapshot_hash: bytes
+    risk_model_hash: bytes
+    issued_at: int
+    valid_until: int
+    nonce: int
+    counter: int = 0
+
+
+@dataclass(frozen=True)
+class WithdrawalAttestation(_Signed):
+    """``vault`` (a CollateralVault the gate registered) may release ``amount`` (raw) of
+    ``token`` of ``account`` to ``recipient``; ``equity`` and ``initial_margin`` are the
+    account's figures after it, with the same validity, nonce space and counter as
+    :class:`MarginAttestation`."""
+
+    PRIMARY: ClassVar[str] = "WithdrawalAttestation"
+    FIELDS: ClassVar[Fields] = WITHDRAWAL_FIELDS
+    account: str
+    vault: str
+    token: str
+    amount: int
+    recipient: str
+    equity: int
+    initial_margin: int
+    snapshot_hash: bytes
+    risk_model_hash: bytes
+    issued_at: int
+    valid_until: int
+    nonce: int
+    counter: int = 0
+
+
+Attestation = MarginAttestation | WithdrawalAttestation
+
+
+def typed_data(att: Attestation, chain_id: int, gate: str) -> dict[str, Any]:
     """The EIP-712 JSON (``types``, ``domain``, ``primaryType``, ``message``) for the gate
     ``gate`` on chain ``chain_id``: integers as integers, bytes32 as ``0x`` hex."""
     message: dict[str, Any] = {}
-    for key, kind, name in FIELDS:
+    for key, kind, name in att.FIELDS:
         value = getattr(att, name)
         message[key] = "0x" + value.hex() if kind == "bytes32" else value
     return {
         "types": {
             "EIP712Domain": DOMAIN_TYPE,
-            "MarginAttestation": [{"name": k, "type": t} for k, t, _ in FIELDS],
+            att.PRIMARY: [{"name": k, "type": t} for k, t, _ in att.FIELDS],
         },
         "domain": {
             "name": DOMAIN_NAME,
@@ -143,29 +206,29 @@ def typed_data(att: MarginAttestation, chain_id: int, gate: str) -> dict[str, An
             "chainId": chain_id,
             "verifyingContract": str(to_checksum_address(gate)),
         },
-        "primaryType": "MarginAttestation",
+        "primaryType": att.PRIMARY,
         "message": message,
     }
 
 
-def _signable(att: MarginAttestation, chain_id: int, gate: str) -> SignableMessage:
+def _signable(att: Attestation, chain_id: int, gate: str) -> SignableMessage:
     return encode_typed_data(full_message=typed_data(att, chain_id, gate))
 
 
-def digest(att: MarginAttestation, chain_id: int, gate: str) -> bytes:
+def digest(att: Attestation, chain_id: int, gate: str) -> bytes:
     """keccak256(0x19 0x01 ‖ domainSeparator ‖ hashStruct(att)): what is signed."""
     m = _signable(att, chain_id, gate)
     return bytes(keccak(b"\x19" + m.version + m.header + m.body))
 
 
-def sign(att: MarginAttestation, chain_id: int, gate: str, key: LocalAccount | bytes | str) -> str:
+def sign(att: Attestation, chain_id: int, gate: str, key: LocalAccount | bytes | str) -> str:
     """The 65-byte signature (r ‖ s ‖ v, v in {27, 28}, low s) as ``0x`` hex."""
     account = key if isinstance(key, LocalAccount) else Account.from_key(key)
     signed = account.sign_message(_signable(att, chain_id, gate))
     return "0x" + bytes(signed.signature).hex()
 
 
-def recover(att: MarginAttestation, chain_id: int, gate: str, signature: str | bytes) -> str:
+def recover(att: Attestation, chain_id: int, gate: str, signature: str | bytes) -> str:
     """The checksummed address that signed ``att`` for that gate and chain."""
     return str(Account.recover_message(_signable(att, chain_id, gate), signature=signature))
 

@@ -30,7 +30,14 @@ from aggregator.accounts import (
     portfolio_of,
     scenario_set,
 )
-from aggregator.attestation import MarginAttestation, market_id, sign, typed_data
+from aggregator.attestation import (
+    Attestation,
+    MarginAttestation,
+    WithdrawalAttestation,
+    market_id,
+    sign,
+    typed_data,
+)
 from aggregator.canonical import CanonicalCheck
 from aggregator.errors import InputError
 from aggregator.gate import (
@@ -46,9 +53,11 @@ from aggregator.gate import (
 from aggregator.gate_sync import sync_counters
 from aggregator.inputs import parse_decimal
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet
+from aggregator.portfolio import Portfolio
 from aggregator.store import GateCounter, NewReservation, Reservation, Store
 from aggregator.valuation import value_portfolio
 from aggregator.world import World, read_gates, read_world, with_gates
+from bridge_adapters.risk import parse_column
 from chains.config import OmnimarginConfig
 
 WAD = 10**18
@@ -57,10 +66,50 @@ MAX_SIZE = Decimal(10) ** 12
 
 @dataclass(frozen=True)
 class Request:
+    """A position change: ``size_delta`` (units of the asset) on ``market`` of ``chain_id``."""
+
     account: str
     chain_id: int
     market: str
     size_delta: Decimal
+    kind = "position"
+
+    @property
+    def column(self) -> str:
+        return self.market
+
+    @property
+    def delta(self) -> Decimal:
+        return self.size_delta
+
+
+@dataclass(frozen=True)
+class WithdrawalRequest:
+    """``amount`` (raw, ``token``'s decimals) of ``token`` leaving ``vault`` on ``chain_id``
+    for ``recipient``. In the store and the gate's groups it is minus ``quantity`` on
+    ``column``, the risk column of the token (its asset, with the bridge that issued it)."""
+
+    account: str
+    chain_id: int
+    vault: str
+    token: str
+    symbol: str
+    amount: int
+    decimals: int
+    recipient: str
+    column: str
+    kind = "withdrawal"
+
+    @property
+    def quantity(self) -> Decimal:
+        return Decimal(self.amount).scaleb(-self.decimals)
+
+    @property
+    def delta(self) -> Decimal:
+        return -self.quantity
+
+
+Proposal = Request | WithdrawalRequest
 
 
 def parse_size(text: str) -> Decimal:
@@ -92,6 +141,27 @@ def refusal(reason: str, **figures: Any) -> dict[str, Any]:
 
 
 Positions = dict[tuple[int, str], Decimal]  # (chain id, market) -> size in units of the asset
+Locked = dict[tuple[int, str], Decimal]  # (chain id, token) -> units locked in its vault
+
+
+def locked_of(world: World, account: str) -> Locked:
+    """What ``account`` holds in each chain's CollateralVault, per token (what a withdrawal
+    can take), at the pinned blocks."""
+    out: Locked = {}
+    holdings = world.holdings.get(account)
+    for h in holdings.holdings if holdings else ():
+        if h.locked and h.source == "vault":
+            key = (int(h.chain_id), str(h.token))
+            out[key] = out.get(key, Decimal(0)) + Decimal(h.amount).scaleb(-h.decimals)
+    return out
+
+
+def bears_no_risk(pf: Portfolio, world: World) -> bool:
+    """No perp line (open, or closed with realised P&L), no debt, every chain read: taking
+    collateral out of this account cannot breach a margin."""
+    return all(s.ok for s in world.snapshots) and not any(
+        ln.kind in ("perp", "debt") for ln in pf.lines
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +184,8 @@ class AccountState:
     pnl: np.ndarray | None = None  # scen.returns @ exposures (M,), when already computed
     positions: Positions = field(default_factory=dict)
     allowance_s: int = 30
+    locked: Locked = field(default_factory=dict)
+    no_risk: bool = False
 
     def scenario_pnl(self) -> np.ndarray:
         """The account's P&L in every scenario (M,): kept, or computed now."""
@@ -137,7 +209,8 @@ def account_state(cfg: OmnimarginConfig, world: World, account: str) -> AccountS
     policy, ttl = policy_of(cfg)
     scen = scenario_set(cfg, policy)
     report, figures = margin_report(world, account, scen, policy)
-    val = value_portfolio(portfolio_of(world, account), world.prices)
+    pf = portfolio_of(world, account)
+    val = value_portfolio(pf.backing(), world.prices)
     e = scen.vector({c: x for c, x in val.exposures.items() if x})
     return AccountState(
         world,
@@ -149,6 +222,8 @@ def account_state(cfg: OmnimarginConfig, world: World, account: str) -> AccountS
         e,
         positions=perp_sizes(world, account),
         allowance_s=clock_allowance(cfg),
+        locked=locked_of(world, account),
+        no_risk=bears_no_risk(pf, world),
     )
 
 
@@ -184,8 +259,10 @@ def gate_reasons(
 
 
 def change_of(world: World, kind: str, market: str, size: Decimal) -> Change | None:
-    """The USD change on ``market``'s column of a size change, at the world's price."""
-    price = world.prices.get(market)
+    """The USD change on ``market``'s column of a size change, at the world's price of its
+    asset (a perp's market is its column; a withdrawal's column may carry bridges, as
+    ``USDC@canonical-arb``, and its size is minus the quantity leaving)."""
+    price = world.prices.get(parse_column(market)[0])
     if price is None or price.price is None:
         return None
     usd = size * Decimal(price.price.numerator) / Decimal(price.price.denominator)
@@ -216,15 +293,51 @@ class _Verdict:
     im_after: float | None = None
     shortfall_after: float | None = None
     reduce_only: bool = False
+    no_risk: bool = False  # a withdrawal of an account that carries no risk
+
+
+def available(state: AccountState, req: WithdrawalRequest, outs: list[Reservation]) -> Decimal:
+    """What of ``req``'s token the account may still take out of the vault: its locked
+    balance at the pinned block less the withdrawals of that (chain, column) outstanding."""
+    locked = state.locked.get((req.chain_id, req.token), Decimal(0))
+    pending = sum(
+        (
+            -Decimal(r.size_delta)
+            for r in outs
+            if (r.kind, r.chain_id, r.market) == ("withdrawal", req.chain_id, req.column)
+        ),
+        Decimal(0),
+    )
+    return locked - pending
+
+
+def carries_no_risk(state: AccountState, outs: list[Reservation]) -> bool:
+    """No perp position on any chain (every chain read), no debt (:func:`bears_no_risk`), and
+    nothing outstanding but withdrawals: taking collateral out cannot breach any margin."""
+    return state.no_risk and all(r.kind == "withdrawal" for r in outs)
 
 
 def _judge(
-    state: AccountState, req: Request, new: Change, rows: list[Reservation], v: _Verdict
+    state: AccountState, req: Proposal, new: Change | None, rows: list[Reservation], v: _Verdict
 ) -> Decimal | None:
     """The gate's invariant over ``rows`` still outstanding in the pinned state, with ``new``:
     the margin the approval holds over IM now, or None to refuse (``v`` says why)."""
     outs = outstanding(rows, state.world.gates)
     v.outstanding = len(outs)
+    if isinstance(req, WithdrawalRequest):
+        free = available(state, req, outs)
+        if req.quantity > free:
+            v.reason = (
+                f"amount: {req.quantity} {req.symbol} asked, {max(free, Decimal(0))} locked in "
+                f"the vault on chain {req.chain_id} and not already being withdrawn"
+            )
+            return None
+        if carries_no_risk(state, outs):
+            v.no_risk = True
+            return Decimal(0)
+    if new is None:
+        v.reason = f"{parse_column(req.column)[0]}: no trustworthy price"
+        return None
     changes, unpriced = outstanding_changes(state.world, outs)
     if unpriced is not None:
         v.reason = (
@@ -243,6 +356,12 @@ def _judge(
     equity = float(state.figures.equity)
     if equity - after.shortfall >= 0:
         return Decimal(repr(max(after.shortfall - state.figures.initial_margin, 0.0)))
+    if isinstance(req, WithdrawalRequest):
+        v.reason = (
+            f"free margin after {equity - after.shortfall:,.2f} USD would be negative "
+            f"(worst case over {len(outs)} outstanding attestation(s) and this withdrawal)"
+        )
+        return None
     size = state.positions.get((req.chain_id, req.market), Decimal(0))
     same = [
         float(r.size_delta)
@@ -268,7 +387,7 @@ def _rows_key(rows: list[Reservation]) -> tuple[tuple[int, str, int | None], ...
 def decide(
     cfg: OmnimarginConfig,
     state: AccountState,
-    req: Request,
+    req: Proposal,
     store: Store,
     key: LocalAccount,
     extra_reasons: tuple[str, ...] = (),
@@ -284,17 +403,31 @@ def decide(
     world, figures = state.world, state.figures
     base = {k: v for k, v in _figures(state, _Verdict()).items() if v is not None}
     counters = store.counters()
-    reasons = [*extra_reasons, *world.chain_reasons(req.chain_id), *figures.reasons]
+    # a withdrawal of an account that carries no risk does not need its prices: no margin
+    # can be breached (the decision checks again inside the store's transaction)
+    rows_now = store.live(req.account, min((g.timestamp for g in world.gates.values()), default=0))
+    no_risk = isinstance(req, WithdrawalRequest) and carries_no_risk(
+        state, outstanding(rows_now, world.gates)
+    )
+    reasons = [*extra_reasons, *world.chain_reasons(req.chain_id)]
+    reasons += () if no_risk else figures.reasons
     reasons += gate_reasons(cfg, world, counters, req.account)
-    price = world.prices.get(req.market)
-    if price is None or not price.usable_for_new_risk or price.price is None:
-        reasons.append(
-            f"{req.market}: no trustworthy price ({price.reason if price else 'no feed'})"
-        )
+    asset = parse_column(req.column)[0]
+    price = world.prices.get(asset)
+    trusted = price is not None and price.usable_for_new_risk and price.price is not None
+    if not trusted and isinstance(req, Request):
+        reasons.append(f"{asset}: no trustworthy price ({price.reason if price else 'no feed'})")
+    if isinstance(req, WithdrawalRequest):
+        reasons += [
+            r
+            for s in world.snapshots
+            if int(s.chain_id) != req.chain_id
+            for r in world.chain_reasons(int(s.chain_id))
+        ]
     if reasons:
         return refusal("; ".join(dict.fromkeys(reasons)), **base)
-    new = change_of(world, "position", req.market, req.size_delta)
-    assert new is not None
+    # a withdrawal without a trustworthy price is judged only if its account carries no risk
+    new = change_of(world, req.kind, req.column, req.delta) if trusted else None
     wall = int(time.time() if now is None else now)
     # valid from now less the clock allowance (a target chain whose head lags the wall clock
     # by up to the allowance accepts it at once) until now + ttl: the wall clock, never a block
@@ -326,10 +459,10 @@ def decide(
     res = store.authorize(
         req.account,
         NewReservation(
-            "position",
+            req.kind,
             req.chain_id,
-            req.market,
-            str(req.size_delta),
+            req.column,
+            str(req.delta),
             issued,
             wall + state.ttl,
             counter,
@@ -360,33 +493,46 @@ def _figures(state: AccountState, verdict: _Verdict) -> dict[str, Any]:
         "outstanding": verdict.outstanding,
         "corners": verdict.corners,
         "reduce_only": verdict.reduce_only,
+        "no_risk": verdict.no_risk,
     }
 
 
 def _attested(
     cfg: OmnimarginConfig,
     state: AccountState,
-    req: Request,
+    req: Proposal,
     res: Reservation,
     key: LocalAccount,
     verdict: _Verdict,
 ) -> dict[str, Any]:
     """The signed attestation of an approved reservation."""
     gate = cfg.chain(req.chain_id).margin_gate
-    assert gate is not None and verdict.im_after is not None
-    att = MarginAttestation(
-        account=req.account,
-        market=market_id(req.market),
-        size_delta=int(req.size_delta * WAD),
-        equity=max(int(state.figures.equity * WAD), 0),
-        initial_margin=int(Decimal(repr(verdict.im_after)) * WAD),
-        snapshot_hash=bytes.fromhex(state.world.snapshot_hash[2:]),
-        risk_model_hash=bytes.fromhex(state.report["risk_model_hash"][2:]),
-        issued_at=res.issued_at,
-        valid_until=res.valid_until,
-        nonce=res.nonce,
-        counter=res.counter,
-    )
+    assert gate is not None
+    im_after = verdict.im_after if verdict.im_after is not None else state.figures.initial_margin
+    common: dict[str, Any] = {
+        "account": req.account,
+        "equity": max(int(state.figures.equity * WAD), 0),
+        "initial_margin": int(Decimal(repr(im_after)) * WAD),
+        "snapshot_hash": bytes.fromhex(state.world.snapshot_hash[2:]),
+        "risk_model_hash": bytes.fromhex(state.report["risk_model_hash"][2:]),
+        "issued_at": res.issued_at,
+        "valid_until": res.valid_until,
+        "nonce": res.nonce,
+        "counter": res.counter,
+    }
+    att: Attestation
+    if isinstance(req, WithdrawalRequest):
+        att = WithdrawalAttestation(
+            vault=req.vault,
+            token=req.token,
+            amount=req.amount,
+            recipient=req.recipient,
+            **common,
+        )
+    else:
+        att = MarginAttestation(
+            market=market_id(req.market), size_delta=int(req.size_delta * WAD), **common
+        )
     return {
         "reservation_id": res.id,
         "issued_at": res.issued_at,

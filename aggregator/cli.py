@@ -23,7 +23,7 @@ from aggregator.cli_backtest import backtest_command
 from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
 from aggregator.cli_keys import keys_app
-from aggregator.cli_margin import authorize_command
+from aggregator.cli_margin import authorize_command, withdraw_command
 from aggregator.cli_margin import margin as margin_command
 from aggregator.cli_serve import report as report_command
 from aggregator.cli_serve import serve as serve_command
@@ -242,6 +242,7 @@ def snapshot(
 
 app.command(name="margin", cls=OneLineErrors)(margin_command)
 app.command(name="authorize", cls=OneLineErrors)(authorize_command)
+app.command(name="withdraw", cls=OneLineErrors)(withdraw_command)
 app.command(name="serve", cls=OneLineErrors)(serve_command)
 app.command(name="report", cls=OneLineErrors)(report_command)
 app.command(name="backtest", cls=OneLineErrors)(backtest_command)

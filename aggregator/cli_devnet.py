@@ -299,12 +299,15 @@ def mined_revert_reason(w3: Any, tx: Any, receipt: Any) -> str:
 
 @devnet_app.command()
 def submit(
-    decision: Annotated[Path, typer.Argument(help="JSON of `omnimargin authorize --json`.")],
+    decision: Annotated[
+        Path, typer.Argument(help="JSON of `omnimargin authorize` or `withdraw --json`.")
+    ],
     directory: DirOption = DEFAULT_DIR,
     sender: Annotated[int, typer.Option(help="Index of the unlocked devnet account sending.")] = 7,
 ) -> None:
-    """Open the authorised position: send the attestation to PerpMarket on its chain (the gate
-    verifies it there). Any account may send it; the position is the attestation's account's.
+    """Execute an approval: a position's attestation goes to PerpMarket on its chain, a
+    withdrawal's to the CollateralVault it names (the gate verifies and spends it there). Any
+    account may send it; the position and the collateral are the attestation's account's.
 
     Exit status: 0 opened, 1 the chain reverted it (the decoded reason is printed, e.g.
     ``gate: nonce used``), 2 bad input (the decision file) or a chain that cannot be reached.
@@ -312,7 +315,7 @@ def submit(
     from web3 import HTTPProvider, Web3
     from web3.exceptions import ContractLogicError
 
-    from aggregator.attestation import MarginAttestation
+    from aggregator.attestation import MarginAttestation, WithdrawalAttestation
     from aggregator.errors import InputError
     from aggregator.inputs import load_json
     from chains.compile import load_artifact
@@ -328,18 +331,27 @@ def submit(
         if not isinstance(body, dict) or not body.get("approved") or "attestation" not in body:
             raise InputError("decision", "not an approved authorisation (no attestation)")
         typed = body["attestation"]["typed_data"]
-        att = MarginAttestation.from_typed_data(typed)
         chain_id = int(typed["domain"]["chainId"])
         chain = config.chain(chain_id)
-        if chain.perp_market is None:
-            raise InputError("decision", f"chain {chain_id} has no PerpMarket")
         w3 = Web3(HTTPProvider(chain.rpc_urls[0], request_kwargs={"timeout": 30}))
-        perp = w3.eth.contract(
-            address=Web3.to_checksum_address(chain.perp_market),
-            abi=list(load_artifact("PerpMarket").abi),
-        )
         signature = bytes.fromhex(body["attestation"]["signature"].removeprefix("0x"))
-        call = perp.functions.open(att.as_tuple(), signature)
+        att: MarginAttestation | WithdrawalAttestation
+        if typed.get("primaryType") == WithdrawalAttestation.PRIMARY:
+            att = WithdrawalAttestation.from_typed_data(typed)
+            vault = w3.eth.contract(
+                address=Web3.to_checksum_address(att.vault),
+                abi=list(load_artifact("CollateralVault").abi),
+            )
+            call = vault.functions.withdraw(att.as_tuple(), signature)
+        else:
+            att = MarginAttestation.from_typed_data(typed)
+            if chain.perp_market is None:
+                raise InputError("decision", f"chain {chain_id} has no PerpMarket")
+            perp = w3.eth.contract(
+                address=Web3.to_checksum_address(chain.perp_market),
+                abi=list(load_artifact("PerpMarket").abi),
+            )
+            call = perp.functions.open(att.as_tuple(), signature)
         try:
             call.call({"from": w3.eth.accounts[sender]})
             tx = call.transact({"from": w3.eth.accounts[sender]})
@@ -350,6 +362,13 @@ def submit(
             _reverted(chain_id, mined_revert_reason(w3, tx, receipt), receipt["blockNumber"])
     except (AggregatorError, ChainError, KeyError) as exc:
         _fail(str(exc))
+    if isinstance(att, WithdrawalAttestation):
+        what = f"withdrawn {body.get('amount', att.amount)} {body.get('symbol', att.token)}"
+        out_console.print(
+            f"{what} on chain {chain_id} in block {receipt['blockNumber']}: from {att.account} "
+            f"to {att.recipient} (tx {tx.hex()})"
+        )
+        return
     out_console.print(
         f"position opened on chain {chain_id} in block {receipt['blockNumber']}: "
         f"{att.account} {att.size_delta / 10**18:+g} (tx {tx.hex()})"

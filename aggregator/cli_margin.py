@@ -161,6 +161,62 @@ def authorize_command(
         raise typer.Exit(EXIT_REFUSED)
 
 
+def withdraw_command(
+    account: Annotated[str, typer.Option(help="Account whose collateral leaves the vault.")],
+    chain_id: Annotated[int, typer.Option(help="Chain of the CollateralVault.")],
+    token: Annotated[str, typer.Option(help="Token, by symbol (USDC) or address.")],
+    amount: Annotated[str, typer.Option(help="Amount in units of the token (1500.25).")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Recipient (default: the account).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default $OMNIMARGIN_CONFIG).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    save: Annotated[
+        Path | None, typer.Option(help="Also write the JSON decision to this file.")
+    ] = None,
+) -> None:
+    """Approve taking collateral out of a vault (a signed WithdrawalAttestation), or refuse.
+
+    Approved only if every outstanding approval of the account stays covered with the amount
+    gone. Exit status: 0 approved, 1 refused (the reason is printed), 2 bad input or missing
+    data.
+    """
+    from aggregator.attestation import load_signer_key
+    from aggregator.store import Store
+    from aggregator.withdraw import withdraw, withdrawal_request
+    from chains.config import config_path, load_config
+    from chains.errors import ChainError
+    from montecarlo import MonteCarloError
+
+    try:
+        path = config_path(config)
+        cfg = load_config(path)
+        req = withdrawal_request(cfg, account, chain_id, token, amount, to)
+        key = load_signer_key(cfg.signer)
+        store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
+        try:
+            decision = withdraw(cfg, req, store, key)
+        finally:
+            store.close()
+    except (AggregatorError, ChainError, MonteCarloError) as exc:
+        _fail(str(exc))
+        return
+    if save is not None:
+        try:
+            save.write_text(json.dumps(decision, indent=1))
+        except OSError as exc:
+            _fail(f"save: cannot write {save} ({exc.strerror})")
+    if as_json:
+        typer.echo(json.dumps(decision))
+    else:
+        what = f"withdrawal of {decision['amount']} {decision['symbol']}"
+        print_decision(decision, what, f"to {req.recipient}", chain_id, req.account)
+    if not decision["approved"]:
+        raise typer.Exit(EXIT_REFUSED)
+
+
 def print_decision(
     decision: dict[str, Any], market: str, size_delta: str, chain_id: int, account: str
 ) -> None:

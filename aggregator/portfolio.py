@@ -33,6 +33,13 @@ class Line:
     entry_price: Fraction | None = None
     in_flight: bool = False
     realized: Fraction = Fraction(0)  # a perp's realised P&L, USD (equity, no exposure)
+    locked: bool = False  # collateral that cannot leave without the engine's consent
+
+    @property
+    def backs_margin(self) -> bool:
+        """Perps and debts always count; collateral only when locked (docs/ARCHITECTURE.md,
+        "Collateral that cannot leave")."""
+        return self.kind != "collateral" or self.locked
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,14 @@ class Portfolio:
     def columns(self) -> tuple[str, ...]:
         """Risk columns, sorted (the engine draws in name order anyway)."""
         return tuple(sorted({ln.column for ln in self.lines}))
+
+    def backing(self) -> Portfolio:
+        """The lines margin counts: every perp and debt, the locked collateral."""
+        return Portfolio(self.account, tuple(ln for ln in self.lines if ln.backs_margin))
+
+    def unlocked(self) -> tuple[Line, ...]:
+        """Holdings that are exposure only (they can leave at any time)."""
+        return tuple(ln for ln in self.lines if not ln.backs_margin)
 
     def with_line(self, line: Line) -> Portfolio:
         return Portfolio(self.account, (*self.lines, line))

@@ -65,7 +65,9 @@ def run(repeats: int) -> dict[str, Any]:
         info = asyncio.run(devnet_up(directory, 3, history=replay_history(), ports=free_ports(3)))
         try:
             cfg = load_config(info.config_path)
-            asyncio.run(mint_accounts(cfg, 31337001, "USDC", [ACCOUNT], [10**6 * 10**6]))
+            asyncio.run(
+                mint_accounts(cfg, 31337001, "USDC", [ACCOUNT], [10**6 * 10**6], locked=True)
+            )
             key = load_signer_key(cfg.signer)
             out: dict[str, Any] = {"repeats": repeats, "scenarios": 0, "cases": []}
             for k in (0, 4, 16):

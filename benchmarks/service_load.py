@@ -88,9 +88,9 @@ async def seed(cfg: OmnimarginConfig, accounts: list[str]) -> None:
     rng = random.Random(7)
     for chain in cfg.chains:
         for token in cfg.tokens_on(chain.chain_id):
-            unit = 10 ** max(token.decimals - 4, 0)  # small amounts: margins stay positive
+            unit = 10 ** max(token.decimals - 4, 0)  # small amounts, locked: margins stay positive
             amounts = [rng.randint(1, 10_000) * unit for _ in accounts]
-            await mint_accounts(cfg, chain.chain_id, token.symbol, accounts, amounts)
+            await mint_accounts(cfg, chain.chain_id, token.symbol, accounts, amounts, locked=True)
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:

@@ -13,7 +13,11 @@ Counting rules (the point of this module):
 * a transfer burnt after the source's pin and minted by the destination's (``minted_early``)
   is in both balances: it counts once, with its recipient, and a negative amount
   (``burnt_after_pin``) takes it out of the depositor's source balance;
-* an unavailable chain contributes nothing (missing data never adds collateral).
+* an unavailable chain contributes nothing (missing data never adds collateral);
+* ``locked`` marks what cannot leave without the engine's consent (a CollateralVault's
+  balances, ERC-4626 shares locked in one): only that backs margin. Wallet balances, shares in a
+  wallet and transfers in flight to a wallet are exposure only (docs/ARCHITECTURE.md,
+  "Collateral that cannot leave").
 
 Amounts stay raw integers with their decimals; quantities are exact Decimals.
 """
@@ -76,6 +80,7 @@ class Holding:
     via: str | None = None  # the bridge carrying a transfer in flight
     transfer: InflightTransfer | None = None
     flags: tuple[str, ...] = ()
+    locked: bool = False  # backs margin: it cannot leave without the engine's consent
 
     @property
     def quantity(self) -> Decimal:
@@ -154,6 +159,7 @@ def _balance_holding(snap: ChainSnapshot, b: Balance, rep: Representation) -> Ho
         b.source.value,
         snap.block_number,
         b.source_address,
+        locked=b.locked,
     )
 
 
@@ -219,7 +225,14 @@ def build_holdings(
             continue
         for b in snap.balances:
             h = _balance_holding(snap, b, reps.lookup(snap.chain_id, b.token))
-            key: tuple[object, ...] = (h.chain_id, h.account, h.token, h.source, h.source_address)
+            key: tuple[object, ...] = (
+                h.chain_id,
+                h.account,
+                h.token,
+                h.source,
+                h.source_address,
+                h.locked,
+            )
             if found.setdefault(key, h) != h:
                 raise InconsistentReads(f"chain {h.chain_id}: two amounts for one balance {key}")
     for read in reads:

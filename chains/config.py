@@ -132,6 +132,8 @@ class SourceConfig(_Strict):
     kind: SourceKind
     address: AddressField | None = None
     tokens: list[AddressField] | None = None  # default: every token of the chain
+    # erc4626 only: the CollateralVault its shares are locked in (read there, not in wallets)
+    locked_in: AddressField | None = None
 
     @model_validator(mode="after")
     def _address_for_contracts(self) -> SourceConfig:
@@ -139,7 +141,16 @@ class SourceConfig(_Strict):
             raise ValueError(f"a {self.kind.value} source needs address")
         if self.kind is SourceKind.ERC4626 and (self.tokens is None or len(self.tokens) != 1):
             raise ValueError("an erc4626 source needs tokens = [its underlying asset]")
+        if self.locked_in is not None and self.kind is not SourceKind.ERC4626:
+            raise ValueError("locked_in is for erc4626 sources (shares locked in a vault)")
         return self
+
+    @property
+    def locked(self) -> bool:
+        """Whether what this source holds cannot leave without the engine's consent (a
+        CollateralVault's balances, or ERC-4626 shares locked in one): only that backs
+        margin (docs/ARCHITECTURE.md, "Collateral that cannot leave")."""
+        return self.kind is SourceKind.VAULT or self.locked_in is not None
 
 
 class SignerConfig(_Strict):

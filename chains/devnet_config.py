@@ -110,6 +110,16 @@ def _sources(dep: Deployment) -> list[dict[str, Any]]:
     if ERC4626_NAME in dep.contracts:
         vault, underlying = dep.contracts[ERC4626_NAME], dep.contracts[ERC4626_ASSET]
         out.append({"chain_id": cid, "kind": "erc4626", "address": vault, "tokens": [underlying]})
+        locked_in = dep.contracts["CollateralVault"]
+        out.append(
+            {
+                "chain_id": cid,
+                "kind": "erc4626",
+                "address": vault,
+                "tokens": [underlying],
+                "locked_in": locked_in,
+            }
+        )
     return out
 
 

@@ -25,6 +25,7 @@ from chains.devnet_deploy import FEED_DECIMALS, price_answer
 from chains.devnet_nodes import read_state, write_state
 from chains.devnet_web3 import connect, contract_at, latest_timestamp, send
 from chains.errors import DevnetError
+from chains.types import SourceKind
 
 History = dict[str, list[tuple[str, Decimal]]]
 """Asset -> its daily closes ``[(ISO date, close in USD), ...]`` in increasing date order."""
@@ -228,8 +229,11 @@ async def mint_accounts(
     token_symbol: str,
     accounts: list[str],
     amounts: list[int],
+    locked: bool = False,
 ) -> None:
-    """Mint raw ``amounts[i]`` of a token to ``accounts[i]``, 1,000 per transaction."""
+    """Mint raw ``amounts[i]`` of a token to ``accounts[i]``, 1,000 per transaction; with
+    ``locked``, into the chain's CollateralVault as their collateral (what backs margin)
+    instead of their wallets."""
     if len(accounts) != len(amounts):
         raise DevnetError(f"mint_accounts: {len(accounts)} accounts but {len(amounts)} amounts")
     tokens = [t for t in config.tokens_on(chain_id) if t.symbol == token_symbol]
@@ -238,8 +242,18 @@ async def mint_accounts(
     deployer = _devnet(config)["deployer"]
     async with connect(config.chain(chain_id).rpc_urls[0]) as w3:
         token = contract_at(w3, "ERC20", tokens[0].address)
+        vaults = [s.address for s in config.sources_on(chain_id) if s.kind is SourceKind.VAULT]
+        if locked and not vaults:
+            raise DevnetError(f"chain {chain_id} has no CollateralVault to lock {token_symbol} in")
         for i in range(0, len(accounts), MINT_BATCH):
             to = [to_checksum_address(a) for a in accounts[i : i + MINT_BATCH]]
             raw = amounts[i : i + MINT_BATCH]
             what = f"mint {token_symbol} to {len(to)} accounts on chain {chain_id}"
-            await send(w3, token.functions.mint_batch(to, raw), deployer, what)
+            if not locked:
+                await send(w3, token.functions.mint_batch(to, raw), deployer, what)
+                continue
+            vault = contract_at(w3, "CollateralVault", str(vaults[0]))
+            await send(w3, token.functions.mint(deployer, sum(raw)), deployer, what)
+            await send(w3, token.functions.approve(vault.address, sum(raw)), deployer, what)
+            call = vault.functions.deposit_for_many(tokens[0].address, to, raw)
+            await send(w3, call, deployer, f"lock {token_symbol} of {len(to)} accounts")

@@ -17,7 +17,7 @@ from web3 import AsyncWeb3
 from web3.types import RPCEndpoint
 
 from chains.compile import runtime_codehash
-from chains.devnet_margin import deploy_margin
+from chains.devnet_margin import DEVNET_WITHDRAWAL_DELAY_S, deploy_margin
 from chains.devnet_nodes import Node
 from chains.devnet_web3 import connect, contract_at, deploy, latest_timestamp, send, to_raw
 from chains.errors import DevnetError
@@ -27,7 +27,8 @@ SEQUENCER_UP_FOR_S = 7200  # the sequencer came up 2 h before genesis: past its 
 MAX_UINT256 = 2**256 - 1
 NONCE_STRIDE = 1000  # the deployer's first nonce on chain index i is i * 1000
 
-Place = Literal["vault", "wallet", "erc4626"]
+# erc4626_locked: yvUSDC shares deposited in the CollateralVault (they back margin)
+Place = Literal["vault", "wallet", "erc4626", "erc4626_locked"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ SEEDS = (
     Seed(1, 0, "WETH", D("12.345678901234567891"), "vault"),
     Seed(1, 0, "WETH", D("0.5"), "wallet"),
     Seed(1, 2, "USDC", D("25000.123456"), "vault"),
-    Seed(1, 2, "USDC", D("10000"), "erc4626"),
+    Seed(1, 2, "USDC", D("10000"), "erc4626_locked"),
     Seed(1, 2, "USDC", D("1500.5"), "wallet"),
     # account 2: on all three chains
     Seed(2, 0, "USDC", D("50000"), "vault"),
@@ -183,7 +184,9 @@ async def _codehash(w3: AsyncWeb3[Any], address: str) -> str:
 async def _deploy_contracts(w3: AsyncWeb3[Any], index: int, deployer: str) -> dict[str, str]:
     out: dict[str, str] = {}
     out["Multicall3"] = await deploy(w3, "Multicall3", deployer)
-    out["CollateralVault"] = await deploy(w3, "CollateralVault", deployer)
+    out["CollateralVault"] = await deploy(
+        w3, "CollateralVault", deployer, DEVNET_WITHDRAWAL_DELAY_S
+    )
     for t in tokens_for(index):
         out[t.symbol] = await deploy(w3, "ERC20", deployer, t.name, t.symbol, t.decimals)
     if index == ERC4626_CHAIN:
@@ -245,6 +248,13 @@ async def _seed(w3: AsyncWeb3[Any], dep: Deployment, deployer: str, accounts: li
         else:
             call = contract_at(w3, "ERC4626Vault", spender).functions.deposit(raw, who)
         await send(w3, call, who, f"deposit {s.amount} {s.token} of account {s.account}")
+        if s.place == "erc4626_locked":  # no yield yet: one share per unit of assets
+            shares = contract_at(w3, "ERC4626Vault", spender)
+            vault_addr = dep.contracts["CollateralVault"]
+            what = f"lock yvUSDC shares of account {s.account}"
+            await send(w3, shares.functions.approve(vault_addr, raw), who, what)
+            call = contract_at(w3, "CollateralVault", vault_addr).functions.deposit(spender, raw)
+            await send(w3, call, who, what)
     if ERC4626_NAME in dep.contracts:
         usdc = contract_at(w3, "ERC20", dep.contracts[ERC4626_ASSET])
         raw = to_raw(ERC4626_YIELD, 6)

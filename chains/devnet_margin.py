@@ -30,6 +30,11 @@ PERP_ASSETS = ("ETH", "BTC", "LINK")  # markets listed where the chain has the a
 SIGNER_KEY_FILE = "signer.key"
 DEVNET_SIGNER_KEY = bytes(keccak(text="omnimargin devnet signer"))
 SIGNER_GAS = 100 * 10**18  # wei the devnet signer holds for its counter bumps
+COLLATERAL_VAULT = "CollateralVault"
+#: the escape hatch's delay on the devnet (seconds; DEFAULT_WITHDRAWAL_DELAY_S elsewhere)
+DEVNET_WITHDRAWAL_DELAY_S = 8
+#: a production vault's escape-hatch delay: long enough to liquidate what the amount backed
+DEFAULT_WITHDRAWAL_DELAY_S = 7 * 86400
 
 
 def devnet_signer_address() -> str:
@@ -40,7 +45,8 @@ def devnet_signer_address() -> str:
 async def deploy_margin(
     w3: AsyncWeb3[Any], deployer: str, contracts: Mapping[str, str], feeds: Mapping[str, str]
 ) -> dict[str, str]:
-    """Deploy MarginGate and PerpMarket, list the perp markets and trust the devnet signer.
+    """Deploy MarginGate and PerpMarket, list the perp markets, trust the devnet signer, and
+    make the gate the one that checks the chain's CollateralVault's withdrawals.
 
     ``contracts`` is what the chain already has (it must not have a gate yet); ``feeds`` maps
     a canonical asset to its price feed's address. Returns the new contracts by name.
@@ -54,6 +60,12 @@ async def deploy_margin(
         call = perp.functions.add_market(market_id(asset), feeds[asset])
         await send(w3, call, deployer, f"add perp market {asset}")
     await send(w3, gate.functions.set_market(perp_addr, True), deployer, "register PerpMarket")
+    if COLLATERAL_VAULT in contracts:
+        vault_addr = contracts[COLLATERAL_VAULT]
+        vault = contract_at(w3, COLLATERAL_VAULT, vault_addr)
+        await send(w3, vault.functions.set_gate(gate_addr), deployer, "vault: set its gate")
+        call = gate.functions.set_vault(vault_addr, True)
+        await send(w3, call, deployer, "register CollateralVault")
     signer = devnet_signer_address()
     await send(w3, gate.functions.add_signer(signer), deployer, "add devnet signer")
     # the engine sends one transaction itself (bumping the gate counter on a new store): gas

@@ -204,7 +204,11 @@ class ChainReader:
             for account in accounts:
                 if src.kind is SourceKind.ERC4626:
                     assert src.address is not None
-                    call = Call(src.address, BALANCE_OF + words[account])
+                    if src.locked_in is not None:  # shares locked in a CollateralVault
+                        data = COLLATERAL + words[account] + address_word(src.address)
+                        call = Call(src.locked_in, data)
+                    else:
+                        call = Call(src.address, BALANCE_OF + words[account])
                     reads.append(_Read("shares", call, account, chosen[0], src))
                     continue
                 for tok in chosen:
@@ -284,7 +288,7 @@ class ChainReader:
         for r, res in zip(reads, results, strict=True):
             if r.kind not in ("balance", "shares") or r.token is None or r.source is None:
                 continue
-            where = r.source.address or r.token.address
+            where = r.source.locked_in or r.source.address or r.token.address
             if not res.ok:
                 failed[where] = failed.get(where, 0) + 1
                 continue
@@ -314,6 +318,7 @@ class ChainReader:
             r.source.kind,
             src_addr,
             shares,
+            r.source.locked,
         )
 
     async def _erc4626_assets(

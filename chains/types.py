@@ -44,7 +44,9 @@ class Balance:
     """An account's raw amount of one token at the pinned block, and where it sits.
 
     For an ERC-4626 source, ``token`` is the vault's underlying asset and ``amount`` the assets
-    its shares convert to at the pinned block; ``shares`` keeps the share count.
+    its shares convert to at the pinned block; ``shares`` keeps the share count. ``locked``: it
+    sits where it cannot leave without the engine's consent (a CollateralVault), so it backs
+    margin; anything else is exposure only.
     """
 
     account: Address
@@ -55,6 +57,7 @@ class Balance:
     source: SourceKind
     source_address: Address | None = None
     shares: int | None = None
+    locked: bool = False
 
 
 @dataclass(frozen=True)

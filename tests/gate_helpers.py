@@ -21,7 +21,7 @@ from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractLogicError, Web3RPCError
 
 from aggregator.accounts import margin_report, policy_of, scenario_set
-from aggregator.attestation import MarginAttestation
+from aggregator.attestation import MarginAttestation, WithdrawalAttestation
 from aggregator.service.launcher import Server, start_server
 from aggregator.world import read_world
 from chains.compile import load_artifact
@@ -41,9 +41,12 @@ def fresh_accounts(n: int, seed: str) -> list[str]:
 
 
 def fund(cfg: OmnimarginConfig, accounts: list[str], usdc: int = FUNDING) -> None:
-    """Mint ``usdc`` USDC to each account on chain A (its collateral) and give it gas on every
-    chain (it cancels its own attestations, impersonated on anvil)."""
-    asyncio.run(mint_accounts(cfg, A, "USDC", accounts, [usdc * 10**6] * len(accounts)))
+    """Lock ``usdc`` USDC for each account in chain A's vault (its collateral: wallets do not
+    back margin) and give it gas on every chain (it cancels its own attestations, impersonated
+    on anvil)."""
+    asyncio.run(
+        mint_accounts(cfg, A, "USDC", accounts, [usdc * 10**6] * len(accounts), locked=True)
+    )
     for chain in cfg.chains:
         w3 = Web3(HTTPProvider(chain.rpc_urls[0]))
         for a in accounts:
@@ -83,25 +86,44 @@ class Chains:
 
     def contract(self, chain_id: int, name: str) -> Any:
         chain = self.cfg.chain(chain_id)
-        address = chain.perp_market if name == "PerpMarket" else chain.margin_gate
+        if name == "CollateralVault":
+            (address,) = [s.address for s in self.cfg.sources_on(chain_id) if s.kind == "vault"]
+        else:
+            address = chain.perp_market if name == "PerpMarket" else chain.margin_gate
         abi = list(load_artifact(name).abi)
         return self.w3[chain_id].eth.contract(address=address, abi=abi)
 
     def submit(self, decision: dict[str, Any]) -> str:
-        """Open the attested position; returns "" when it executed, else the revert reason."""
+        """Execute the attested position change or withdrawal (sent by anvil's account 7);
+        returns "" when it executed, else the revert reason."""
         typed = decision["attestation"]["typed_data"]
         chain_id = int(typed["domain"]["chainId"])
-        att = MarginAttestation.from_typed_data(typed)
         sig = bytes.fromhex(decision["attestation"]["signature"][2:])
-        w3 = self.w3[chain_id]
-        fn = self.contract(chain_id, "PerpMarket").functions.open(att.as_tuple(), sig)
+        if typed["primaryType"] == WithdrawalAttestation.PRIMARY:
+            w = WithdrawalAttestation.from_typed_data(typed)
+            fn = self.contract(chain_id, "CollateralVault").functions.withdraw(w.as_tuple(), sig)
+        else:
+            att = MarginAttestation.from_typed_data(typed)
+            fn = self.contract(chain_id, "PerpMarket").functions.open(att.as_tuple(), sig)
+        return self.send(chain_id, fn, self.w3[chain_id].eth.accounts[7])
+
+    def send(self, chain_id: int, fn: Any, sender: str) -> str:
+        """Send ``fn`` from ``sender``; "" when it executed, else the revert reason."""
         try:
-            fn.call({"from": w3.eth.accounts[7]})
-            tx = fn.transact({"from": w3.eth.accounts[7], "gas": 1_000_000})
+            fn.call({"from": sender})
+            tx = fn.transact({"from": sender, "gas": 1_000_000})
         except (ContractLogicError, Web3RPCError) as exc:
             return str(exc)
-        receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=30, poll_latency=0.05)
+        receipt = self.w3[chain_id].eth.wait_for_transaction_receipt(
+            tx, timeout=30, poll_latency=0.05
+        )
         return "" if receipt["status"] == 1 else "reverted"
+
+    def token(self, chain_id: int, symbol: str) -> Any:
+        (t,) = [t for t in self.cfg.tokens_on(chain_id) if t.symbol == symbol]
+        return self.w3[chain_id].eth.contract(
+            address=t.address, abi=list(load_artifact("ERC20").abi)
+        )
 
     def cancel(self, decision: dict[str, Any]) -> str:
         """The account cancels its attestation on the target chain's gate."""

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aggregator.accounts import clock_allowance
 from aggregator.authorize import Request as AuthRequest
+from aggregator.authorize import WithdrawalRequest as WithdrawRequest
 from aggregator.authorize import check_request, decide, held_margin, parse_size
 from aggregator.canonical import CanonicalCheck
 from aggregator.errors import AggregatorError, InputError
@@ -50,9 +51,12 @@ from aggregator.service.schemas import (
     Ready,
     RiskReport,
     Snapshot,
+    Withdrawal,
+    WithdrawalRequest,
 )
 from aggregator.service.settings import ServiceSettings
 from aggregator.store import IdempotentReplay, Store
+from aggregator.withdraw import request_json, withdrawal_request
 from chains.addresses import checksummed
 from chains.config import OmnimarginConfig
 from chains.errors import AddressError, ChainError
@@ -366,6 +370,36 @@ def _routes(app: FastAPI) -> None:
         )
 
     @app.post(
+        "/v1/withdrawals",
+        response_model=Withdrawal,
+        responses={**ERRORS, 409: {"model": ErrorBody}},
+        dependencies=[Depends(require_key), Depends(unique_keys)],
+        tags=["margin"],
+    )
+    async def withdrawals(
+        svc: Svc,
+        body: WithdrawalRequest,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                pattern=r"^[\x21-\x7e]{1,128}$",
+                description="Same key and body within the attestation's lifetime: the same "
+                "answer; the same key with another body: 409.",
+            ),
+        ] = None,
+    ) -> Authorization | JSONResponse:
+        """Approve taking collateral out of a CollateralVault (a signed WithdrawalAttestation)
+        only if every outstanding approval of the account stays covered without it."""
+        epoch = epoch_of(svc)
+        allowance = clock_allowance(svc.cfg)
+        known = any(c.chain_id == body.chain_id for c in svc.cfg.chains)
+        target = body.chain_id if known else None
+        reorged = await svc.canonical.reasons(epoch.world, target, allowance)
+        return await anyio.to_thread.run_sync(
+            _authorize, svc, body, epoch, reorged, idempotency_key, limiter=svc.limiter
+        )
+
+    @app.post(
         "/v1/risk",
         response_model=RiskReport,
         responses=ERRORS,
@@ -413,18 +447,27 @@ def _reserved(svc: Service, epoch: Epoch, accounts: list[str]) -> dict[str, floa
 
 def _authorize(
     svc: Service,
-    body: AuthorizationRequest,
+    body: AuthorizationRequest | WithdrawalRequest,
     epoch: Epoch,
     reorged: tuple[str, ...],
     idempotency_key: str | None = None,
 ) -> Authorization | JSONResponse:
-    req = AuthRequest(
-        body.account,  # the schema checksummed it
-        body.chain_id,
-        body.market,
-        parse_size(body.size_delta),
-    )
-    check_request(svc.cfg, req)
+    """A position's or a withdrawal's decision on the epoch's state of the account."""
+    req: AuthRequest | WithdrawRequest
+    asked: dict[str, Any] = {}
+    if isinstance(body, WithdrawalRequest):
+        req = withdrawal_request(
+            svc.cfg, body.account, body.chain_id, body.token, body.amount, body.recipient
+        )
+        asked = request_json(req)
+    else:
+        req = AuthRequest(
+            body.account,  # the schema checksummed it
+            body.chain_id,
+            body.market,
+            parse_size(body.size_delta),
+        )
+        check_request(svc.cfg, req)
     account = account_of(svc, epoch, req.account)
     info = _info(svc, epoch)
     stale = (
@@ -448,7 +491,7 @@ def _authorize(
             svc.signer,
             (*stale, *reorged),
             idempotency=claim,
-            respond_extra={"epoch": info},
+            respond_extra={"epoch": info, **asked},
         )
     except IdempotentReplay as replay:
         if claim is None or replay.body_hash != claim[1]:
@@ -459,4 +502,6 @@ def _authorize(
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         raise ApiError(400, "authorization", str(exc)) from None
     svc.metrics.authorizations.labels("approved" if decision["approved"] else "refused").inc()
+    if asked:
+        return Withdrawal.model_validate({**decision, **asked, "epoch": info})
     return Authorization.model_validate({**decision, "epoch": info})

@@ -42,7 +42,15 @@ from aggregator.accounts import (
     risk_model_hash,
     scenario_model,
 )
-from aggregator.authorize import AccountState, Positions, gated, perp_sizes
+from aggregator.authorize import (
+    AccountState,
+    Locked,
+    Positions,
+    bears_no_risk,
+    gated,
+    locked_of,
+    perp_sizes,
+)
 from aggregator.errors import AggregatorError
 from aggregator.margin import MarginFigures, MarginPolicy, ScenarioSet, TailFigures, figures_of
 from aggregator.portfolio import Portfolio
@@ -121,6 +129,8 @@ class AccountResult:
     quantities: dict[str, str]  # canonical asset -> exact decimal
     exposures_usd: dict[str, float]  # risk column -> USD
     positions: Positions  # perp sizes per (chain id, market)
+    locked: Locked  # units in each vault per (chain id, token): what a withdrawal can take
+    no_risk: bool  # no perp line, no debt, every chain read
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,7 @@ def compute_accounts(
     pfs = [portfolio_of(world, a) for a in names]
     for pf in pfs:
         check_columns(pf, columns)
-    vals = [value_portfolio(pf, world.prices) for pf in pfs]
+    vals = [value_portfolio(pf.backing(), world.prices) for pf in pfs]
     E = np.stack([_vector(columns, {c: x for c, x in v.exposures.items() if x}) for v in vals], 1)
 
     def run(alpha: float, components: bool) -> RiskResult:
@@ -206,7 +216,11 @@ def compute_accounts(
             account_reasons(world, name),
         )
         report = report_json(world, pf, figures, policy, model_hash)
-        summary = {k: v for k, v in report.items() if k not in ("positions", "snapshot")}
+        summary = {
+            k: v
+            for k, v in report.items()
+            if k not in ("positions", "snapshot", "collateral_locked", "holdings_unlocked")
+        }
         out[name] = AccountResult(
             summary,
             fixed_margin_json(report),
@@ -215,6 +229,8 @@ def compute_accounts(
             _quantities(pf),
             _usd(val.exposures),
             perp_sizes(world, name),
+            locked_of(world, name),
+            bears_no_risk(pf, world),
         )
     return out
 
@@ -466,6 +482,8 @@ class EpochRunner:
                 r.exposures,
                 positions=r.positions,
                 allowance_s=allowance,
+                locked=r.locked,
+                no_risk=r.no_risk,
             )
             for a, r in result.accounts.items()
         }

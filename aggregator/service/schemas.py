@@ -66,6 +66,7 @@ class PositionLine(BaseModel):
     chain_id: int | None
     source: str
     in_flight: bool
+    locked: bool = Field(description="backs margin: a perp, a debt or locked collateral")
 
 
 class Margin(_Out):
@@ -92,6 +93,10 @@ class Margin(_Out):
     snapshot: list[ChainBlock]
     snapshot_hash: Hash
     risk_model_hash: Hash
+    collateral_locked_usd: float = Field(description="what backs margin: vault balances")
+    holdings_unlocked_usd: float = Field(description="exposure only: wallets, shares held")
+    collateral_locked: list[PositionLine]
+    holdings_unlocked: list[PositionLine]
     epoch: EpochInfo
 
 
@@ -145,6 +150,9 @@ class Authorization(_Out):
     reduce_only: bool | None = Field(
         None, description="Approved as reduce-only (it lowers IM whatever else executes)."
     )
+    no_risk: bool | None = Field(
+        None, description="A withdrawal of an account with no position, debt or approval out."
+    )
     snapshot_hash: Hash | None = None
     blocks: dict[str, int | None] | None = Field(
         None, description="The pinned block of every chain read (snapshot_hash is over them)."
@@ -155,6 +163,44 @@ class Authorization(_Out):
     valid_until: int | None = None
     attestation: Attestation | None = None
     epoch: EpochInfo
+
+
+class WithdrawalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account: AddressIn
+    chain_id: Annotated[int, Field(ge=1, lt=2**63)]
+    token: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=42,
+            pattern=r"^[A-Za-z0-9._-]+$",
+            description="The token, by symbol (USDC) or address.",
+        ),
+    ]
+    amount: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9]{1,60}(\.[0-9]{1,18})?$",
+            description="Amount in units of the token, a decimal string ('1500.25').",
+            examples=["1000"],
+        ),
+    ]
+    recipient: AddressIn | None = None
+
+
+class Withdrawal(Authorization):
+    """The JSON of ``omnimargin withdraw``, and the epoch."""
+
+    kind: Literal["withdrawal"]
+    chain_id: int
+    vault: Address
+    token: Address
+    symbol: str
+    amount: str
+    amount_raw: str
+    recipient: Address
+    column: str
 
 
 class FeedState(_Out):

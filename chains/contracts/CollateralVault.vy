@@ -1,10 +1,44 @@
 #pragma version 0.4.3
 """
-@title Collateral vault
-@notice Accounts lock ERC20 collateral here; balances are kept per account and token.
+@title Collateral vault: what backs margin, released only with the engine's consent
+@notice Accounts lock ERC20 collateral here (ERC-4626 shares too: they are ERC20s); balances
+        are kept per account and token. Nothing leaves without one of:
+        - a WithdrawalAttestation signed by the engine, checked and spent by this chain's
+          MarginGate (same signers, nonces and counters as margin attestations): the engine
+          signs only when, with the amount gone, every outstanding approval stays covered;
+        - the escape hatch, for when the engine is gone: `request_withdrawal` moves an amount
+          out of `collateral` at once (it stops backing margin: the engine sees it leave) into
+          `pending`, and `complete_withdrawal` releases it `withdrawal_delay` seconds later
+          with no attestation. `cancel_withdrawal_request` puts it back. A request also bumps
+          the account's counter on the gate: every approval it holds, granted while the amount
+          still backed it, dies with it.
+        docs/ARCHITECTURE.md, "Collateral that cannot leave".
 """
 
 from ethereum.ercs import IERC20
+
+struct WithdrawalAttestation:
+    account: address
+    vault: address
+    token: address
+    amount: uint256
+    recipient: address
+    equity: uint256
+    initialMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+    counter: uint256
+
+struct Pending:
+    amount: uint256
+    ready_at: uint256
+
+interface MarginGate:
+    def consume_withdrawal(_att: WithdrawalAttestation, _signature: Bytes[65]) -> address: nonpayable
+    def invalidate_account(_account: address) -> uint256: nonpayable
 
 event Deposit:
     account: indexed(address)
@@ -15,10 +49,51 @@ event Withdraw:
     account: indexed(address)
     token: indexed(address)
     amount: uint256
+    recipient: address
+    nonce: uint256  # the attestation's; 0 for the escape hatch
 
+event WithdrawalRequested:
+    account: indexed(address)
+    token: indexed(address)
+    amount: uint256
+    ready_at: uint256
+
+event WithdrawalRequestCancelled:
+    account: indexed(address)
+    token: indexed(address)
+    amount: uint256
+
+event GateSet:
+    gate: indexed(address)
+
+MAX_DELAY: constant(uint256) = 365 * 86400
+MAX_BATCH: constant(uint256) = 1000
+
+owner: public(address)
+gate: public(address)
+withdrawal_delay: public(uint256)
 # account -> token -> amount locked
 collateral: public(HashMap[address, HashMap[address, uint256]])
 total_locked: public(HashMap[address, uint256])
+# account -> token -> amount requested through the escape hatch (no longer collateral)
+pending: public(HashMap[address, HashMap[address, Pending]])
+
+
+@deploy
+def __init__(_withdrawal_delay: uint256):
+    assert _withdrawal_delay <= MAX_DELAY, "vault: delay too long"
+    self.owner = msg.sender
+    self.withdrawal_delay = _withdrawal_delay
+
+
+@external
+def set_gate(_gate: address):
+    """@notice The MarginGate that checks withdrawals: set once, by the owner."""
+    assert msg.sender == self.owner, "vault: only owner"
+    assert self.gate == empty(address), "vault: gate already set"
+    assert _gate != empty(address), "vault: zero gate"
+    self.gate = _gate
+    log GateSet(gate=_gate)
 
 
 @external
@@ -32,6 +107,22 @@ def deposit_for(_account: address, _token: address, _amount: uint256):
     self._deposit(_account, _token, _amount)
 
 
+@external
+def deposit_for_many(
+    _token: address, _accounts: DynArray[address, MAX_BATCH], _amounts: DynArray[uint256, MAX_BATCH]
+):
+    """@notice Lock tokens of the caller as collateral of each of `_accounts` (one transfer)."""
+    assert len(_accounts) == len(_amounts), "vault: lengths differ"
+    total: uint256 = 0
+    for i: uint256 in range(len(_accounts), bound=MAX_BATCH):
+        assert _amounts[i] > 0, "vault: zero amount"
+        self.collateral[_accounts[i]][_token] += _amounts[i]
+        total += _amounts[i]
+        log Deposit(account=_accounts[i], token=_token, amount=_amounts[i])
+    self.total_locked[_token] += total
+    assert extcall IERC20(_token).transferFrom(msg.sender, self, total), "vault: transfer failed"
+
+
 @internal
 def _deposit(_account: address, _token: address, _amount: uint256):
     assert _amount > 0, "vault: zero amount"
@@ -41,10 +132,58 @@ def _deposit(_account: address, _token: address, _amount: uint256):
     log Deposit(account=_account, token=_token, amount=_amount)
 
 
+@internal
+def _release(_account: address, _token: address, _amount: uint256, _to: address, _nonce: uint256):
+    self.total_locked[_token] -= _amount
+    assert extcall IERC20(_token).transfer(_to, _amount), "vault: transfer failed"
+    log Withdraw(account=_account, token=_token, amount=_amount, recipient=_to, nonce=_nonce)
+
+
 @external
-def withdraw(_token: address, _amount: uint256):
+def withdraw(_att: WithdrawalAttestation, _signature: Bytes[65]):
+    """@notice Release `_att.amount` of `_att.token` of `_att.account` to `_att.recipient`.
+    Anyone may submit: the engine's signature, checked and spent by the gate, is the authority."""
+    assert self.gate != empty(address), "vault: no gate"
+    assert _att.amount > 0, "vault: zero amount"
+    assert _att.recipient != empty(address), "vault: zero recipient"
+    assert self.collateral[_att.account][_att.token] >= _att.amount, "vault: insufficient collateral"
+    extcall MarginGate(self.gate).consume_withdrawal(_att, _signature)
+    self.collateral[_att.account][_att.token] -= _att.amount
+    self._release(_att.account, _att.token, _att.amount, _att.recipient, _att.nonce)
+
+
+@external
+def request_withdrawal(_token: address, _amount: uint256):
+    """@notice Escape hatch: take `_amount` out of the caller's collateral now (it no longer
+    backs margin); `complete_withdrawal` releases it after `withdrawal_delay` seconds. A
+    second request adds to the first and restarts the delay."""
+    assert _amount > 0, "vault: zero amount"
     assert self.collateral[msg.sender][_token] >= _amount, "vault: insufficient collateral"
     self.collateral[msg.sender][_token] -= _amount
-    self.total_locked[_token] -= _amount
-    assert extcall IERC20(_token).transfer(msg.sender, _amount), "vault: transfer failed"
-    log Withdraw(account=msg.sender, token=_token, amount=_amount)
+    p: Pending = self.pending[msg.sender][_token]
+    p.amount += _amount
+    p.ready_at = block.timestamp + self.withdrawal_delay
+    self.pending[msg.sender][_token] = p
+    if self.gate != empty(address):
+        extcall MarginGate(self.gate).invalidate_account(msg.sender)
+    log WithdrawalRequested(account=msg.sender, token=_token, amount=p.amount, ready_at=p.ready_at)
+
+
+@external
+def cancel_withdrawal_request(_token: address):
+    """@notice Put the caller's requested amount of `_token` back as collateral."""
+    p: Pending = self.pending[msg.sender][_token]
+    assert p.amount > 0, "vault: nothing requested"
+    self.pending[msg.sender][_token] = empty(Pending)
+    self.collateral[msg.sender][_token] += p.amount
+    log WithdrawalRequestCancelled(account=msg.sender, token=_token, amount=p.amount)
+
+
+@external
+def complete_withdrawal(_token: address):
+    """@notice Release the caller's requested amount of `_token` once the delay has passed."""
+    p: Pending = self.pending[msg.sender][_token]
+    assert p.amount > 0, "vault: nothing requested"
+    assert block.timestamp >= p.ready_at, "vault: delay not over"
+    self.pending[msg.sender][_token] = empty(Pending)
+    self._release(msg.sender, _token, p.amount, msg.sender, 0)

@@ -12,6 +12,11 @@ event Transfer:
     receiver: indexed(address)
     value: uint256
 
+event Approval:
+    owner: indexed(address)
+    spender: indexed(address)
+    value: uint256
+
 event Deposit:
     sender: indexed(address)
     owner: indexed(address)
@@ -31,6 +36,7 @@ symbol: public(String[32])
 decimals: public(uint8)
 totalSupply: public(uint256)
 balanceOf: public(HashMap[address, uint256])
+allowance: public(HashMap[address, HashMap[address, uint256]])
 
 
 @deploy
@@ -99,3 +105,36 @@ def redeem(_shares: uint256, _receiver: address, _owner: address) -> uint256:
     log Transfer(sender=_owner, receiver=empty(address), value=_shares)
     log Withdraw(sender=msg.sender, receiver=_receiver, owner=_owner, assets=assets, shares=_shares)
     return assets
+
+
+@internal
+def _transfer(_from: address, _to: address, _value: uint256):
+    assert _to != empty(address), "4626: zero receiver"
+    assert self.balanceOf[_from] >= _value, "4626: insufficient shares"
+    self.balanceOf[_from] -= _value
+    self.balanceOf[_to] += _value
+    log Transfer(sender=_from, receiver=_to, value=_value)
+
+
+@external
+def transfer(_to: address, _value: uint256) -> bool:
+    """@notice Shares are ERC20s: they can be locked in a CollateralVault."""
+    self._transfer(msg.sender, _to, _value)
+    return True
+
+
+@external
+def transferFrom(_from: address, _to: address, _value: uint256) -> bool:
+    allowed: uint256 = self.allowance[_from][msg.sender]
+    assert allowed >= _value, "4626: insufficient allowance"
+    if allowed != max_value(uint256):
+        self.allowance[_from][msg.sender] = allowed - _value
+    self._transfer(_from, _to, _value)
+    return True
+
+
+@external
+def approve(_spender: address, _value: uint256) -> bool:
+    self.allowance[msg.sender][_spender] = _value
+    log Approval(owner=msg.sender, spender=_spender, value=_value)
+    return True

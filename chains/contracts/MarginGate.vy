@@ -12,6 +12,9 @@
         global counter (every earlier attestation of every account dies: the engine does this
         when its store is new or behind the chain); an account bumps its own. An account may
         also cancel one outstanding attestation by its nonce.
+        A WithdrawalAttestation lets a registered CollateralVault release `amount` of `token`
+        of `account` to `recipient`. It shares the signer set, the nonce space and the
+        counter of margin attestations: one outstanding set, one invariant.
         docs/ARCHITECTURE.md, "The gate's contract".
 """
 
@@ -19,6 +22,21 @@ struct MarginAttestation:
     account: address
     market: bytes32
     sizeDelta: int256
+    equity: uint256
+    initialMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+    counter: uint256
+
+struct WithdrawalAttestation:
+    account: address
+    vault: address
+    token: address
+    amount: uint256
+    recipient: address
     equity: uint256
     initialMargin: uint256
     snapshotHash: bytes32
@@ -36,6 +54,10 @@ event SignerRemoved:
 
 event MarketSet:
     market: indexed(address)
+    allowed: bool
+
+event VaultSet:
+    vault: indexed(address)
     allowed: bool
 
 event OwnershipTransferred:
@@ -57,6 +79,14 @@ event AttestationConsumed:
     signer: indexed(address)
     sizeDelta: int256
 
+event WithdrawalConsumed:
+    account: indexed(address)
+    vault: indexed(address)
+    nonce: uint256
+    signer: indexed(address)
+    token: address
+    amount: uint256
+
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -64,6 +94,11 @@ ATTESTATION_TYPEHASH: constant(bytes32) = keccak256(
     "MarginAttestation(address account,bytes32 market,int256 sizeDelta,uint256 equity,"
     "uint256 initialMargin,bytes32 snapshotHash,bytes32 riskModelHash,uint64 issuedAt,"
     "uint64 validUntil,uint256 nonce,uint256 counter)"
+)
+WITHDRAWAL_TYPEHASH: constant(bytes32) = keccak256(
+    "WithdrawalAttestation(address account,address vault,address token,uint256 amount,"
+    "address recipient,uint256 equity,uint256 initialMargin,bytes32 snapshotHash,"
+    "bytes32 riskModelHash,uint64 issuedAt,uint64 validUntil,uint256 nonce,uint256 counter)"
 )
 NAME_HASH: constant(bytes32) = keccak256("omnimargin")
 VERSION_HASH: constant(bytes32) = keccak256("1")
@@ -76,6 +111,7 @@ HALF_N: constant(uint256) = (
 owner: public(address)
 is_signer: public(HashMap[address, bool])
 is_market: public(HashMap[address, bool])
+is_vault: public(HashMap[address, bool])
 # account -> nonce -> spent
 nonce_used: public(HashMap[address, HashMap[uint256, bool]])
 # account -> nonce -> cancelled by the account
@@ -128,6 +164,14 @@ def set_market(_market: address, _allowed: bool):
     log MarketSet(market=_market, allowed=_allowed)
 
 
+@external
+def set_vault(_vault: address, _allowed: bool):
+    """@notice Allow (or stop) `_vault` to consume withdrawal attestations."""
+    self._only_owner()
+    self.is_vault[_vault] = _allowed
+    log VaultSet(vault=_vault, allowed=_allowed)
+
+
 @internal
 @view
 def _counter_of(_account: address) -> uint256:
@@ -167,6 +211,16 @@ def increment_account_counter() -> uint256:
     self.account_counter[msg.sender] += 1
     log CounterIncremented(account=msg.sender, counter=self.account_counter[msg.sender])
     return self._counter_of(msg.sender)
+
+
+@external
+def invalidate_account(_account: address) -> uint256:
+    """@notice A registered vault kills `_account`'s attestations (its collateral is leaving
+    through the escape hatch, so approvals granted against it no longer hold)."""
+    assert self.is_vault[msg.sender], "gate: only vault"
+    self.account_counter[_account] += 1
+    log CounterIncremented(account=_account, counter=self.account_counter[_account])
+    return self._counter_of(_account)
 
 
 @external
@@ -220,21 +274,36 @@ def hash_attestation(_att: MarginAttestation) -> bytes32:
 
 @internal
 @view
-def _verify(_att: MarginAttestation, _signature: Bytes[65]) -> address:
+def _signer_of(_digest: bytes32, _signature: Bytes[65]) -> address:
     assert len(_signature) == 65, "gate: bad signature"
     r: uint256 = convert(extract32(_signature, 0), uint256)
     s: uint256 = convert(extract32(_signature, 32), uint256)
     v: uint256 = convert(slice(_signature, 64, 1), uint256)
     assert v == 27 or v == 28, "gate: bad v"
     assert s <= HALF_N, "gate: high s"
-    signer: address = ecrecover(self._digest(_att), v, r, s)
+    signer: address = ecrecover(_digest, v, r, s)
     assert signer != empty(address), "gate: bad signature"
     assert self.is_signer[signer], "gate: unknown signer"
-    assert block.timestamp <= convert(_att.validUntil, uint256), "gate: expired"
-    assert convert(_att.issuedAt, uint256) <= block.timestamp, "gate: not yet valid"
-    assert not self.nonce_used[_att.account][_att.nonce], "gate: nonce used"
-    assert not self.nonce_cancelled[_att.account][_att.nonce], "gate: nonce cancelled"
-    assert _att.counter == self._counter_of(_att.account), "gate: old counter"
+    return signer
+
+
+@internal
+@view
+def _check_live(
+    _account: address, _issued_at: uint64, _valid_until: uint64, _nonce: uint256, _counter: uint256
+):
+    assert block.timestamp <= convert(_valid_until, uint256), "gate: expired"
+    assert convert(_issued_at, uint256) <= block.timestamp, "gate: not yet valid"
+    assert not self.nonce_used[_account][_nonce], "gate: nonce used"
+    assert not self.nonce_cancelled[_account][_nonce], "gate: nonce cancelled"
+    assert _counter == self._counter_of(_account), "gate: old counter"
+
+
+@internal
+@view
+def _verify(_att: MarginAttestation, _signature: Bytes[65]) -> address:
+    signer: address = self._signer_of(self._digest(_att), _signature)
+    self._check_live(_att.account, _att.issuedAt, _att.validUntil, _att.nonce, _att.counter)
     return signer
 
 
@@ -257,5 +326,69 @@ def consume(_att: MarginAttestation, _signature: Bytes[65]) -> address:
         nonce=_att.nonce,
         signer=signer,
         sizeDelta=_att.sizeDelta,
+    )
+    return signer
+
+
+@internal
+@view
+def _withdrawal_digest(_att: WithdrawalAttestation) -> bytes32:
+    struct_hash: bytes32 = keccak256(
+        abi_encode(
+            WITHDRAWAL_TYPEHASH,
+            _att.account,
+            _att.vault,
+            _att.token,
+            _att.amount,
+            _att.recipient,
+            _att.equity,
+            _att.initialMargin,
+            _att.snapshotHash,
+            _att.riskModelHash,
+            _att.issuedAt,
+            _att.validUntil,
+            _att.nonce,
+            _att.counter,
+        )
+    )
+    return keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
+
+
+@external
+@view
+def hash_withdrawal(_att: WithdrawalAttestation) -> bytes32:
+    """@notice The EIP-712 digest of a withdrawal attestation."""
+    return self._withdrawal_digest(_att)
+
+
+@internal
+@view
+def _verify_withdrawal(_att: WithdrawalAttestation, _signature: Bytes[65]) -> address:
+    signer: address = self._signer_of(self._withdrawal_digest(_att), _signature)
+    self._check_live(_att.account, _att.issuedAt, _att.validUntil, _att.nonce, _att.counter)
+    return signer
+
+
+@external
+@view
+def verify_withdrawal(_att: WithdrawalAttestation, _signature: Bytes[65]) -> address:
+    """@notice The signer of a valid, unexpired, unspent withdrawal; reverts otherwise."""
+    return self._verify_withdrawal(_att, _signature)
+
+
+@external
+def consume_withdrawal(_att: WithdrawalAttestation, _signature: Bytes[65]) -> address:
+    """@notice Verify and spend a withdrawal's nonce; only the registered vault it names."""
+    assert self.is_vault[msg.sender], "gate: only vault"
+    assert _att.vault == msg.sender, "gate: other vault"
+    signer: address = self._verify_withdrawal(_att, _signature)
+    self.nonce_used[_att.account][_att.nonce] = True
+    log WithdrawalConsumed(
+        account=_att.account,
+        vault=msg.sender,
+        nonce=_att.nonce,
+        signer=signer,
+        token=_att.token,
+        amount=_att.amount,
     )
     return signer

@@ -144,13 +144,27 @@ def test_bad_venues_file_names_the_row(devnet: Any, tmp_path: Any) -> None:
     assert out.returncode == 2 and out.stderr.startswith("error: venues[0].quantity"), out.stderr
 
 
-def test_venue_balances_add_to_equity(devnet: Any, tmp_path: Any) -> None:
+def test_venue_balances_are_exposure_and_venue_debts_count(devnet: Any, tmp_path: Any) -> None:
+    """An exchange balance can leave at any moment: it is shown (valued) but backs no margin;
+    a debt there is owed whatever happens, so it counts."""
     venues = tmp_path / "venues.json"
     venues.write_text(
         json.dumps([{"venue": "cex", "account": ACCOUNT, "asset": "USDC", "quantity": 1000}])
     )
+    debts = tmp_path / "debts.json"
+    debts.write_text(
+        json.dumps([{"venue": "cex", "account": ACCOUNT, "asset": "USDC", "quantity": -500}])
+    )
     base = json.loads(_run(devnet, "margin", ACCOUNT, "--json").stdout)
     more = json.loads(_run(devnet, "margin", ACCOUNT, "--json", "--venues", str(venues)).stdout)
-    usdc_price = more["equity"] - base["equity"]
-    assert 990 < usdc_price < 1010  # 1,000 USDC at about 1 USD
-    assert "venue:cex" in more["by_chain"]
+    owed = json.loads(_run(devnet, "margin", ACCOUNT, "--json", "--venues", str(debts)).stdout)
+    assert more["equity"] == pytest.approx(base["equity"], rel=1e-12)
+    (line,) = [ln for ln in more["holdings_unlocked"] if ln["source"] == "venue:cex"]
+    assert 990 < line["value_usd"] < 1010 and line["locked"] is False  # 1,000 USDC at about 1 USD
+    assert more["holdings_unlocked_usd"] - base["holdings_unlocked_usd"] == pytest.approx(
+        line["value_usd"]
+    )
+    assert "venue:cex" not in more["by_chain"]
+    usdc_price = (base["equity"] - owed["equity"]) / 500
+    assert 0.99 < usdc_price < 1.01
+    assert "venue:cex" in owed["by_chain"]

@@ -81,6 +81,7 @@ def _native_usdc_on_base(config: OmnimarginConfig, account: str, block: int) -> 
     vault = _contract(w3, "CollateralVault", _devnet_contract(config, BASE, "CollateralVault"))
     yv = _contract(w3, "ERC4626Vault", _devnet_contract(config, BASE, ERC4626_NAME))
     shares = yv.functions.balanceOf(account).call(block_identifier=block)
+    shares += vault.functions.collateral(account, yv.address).call(block_identifier=block)
     return int(
         vault.functions.collateral(account, usdc).call(block_identifier=block)
         + _contract(w3, "ERC20", usdc).functions.balanceOf(account).call(block_identifier=block)
@@ -119,6 +120,14 @@ def test_native_bridged_and_in_flight_usdc_each_count_once(net: OmnimarginConfig
     }  # each balance once; nothing left on devnet-eth, where the 2,000 were burnt
     native_raw = _native_usdc_on_base(net, a1, _block(snaps, BASE))
     assert sum(h.amount for h in native) == native_raw
+    # only what sits in the CollateralVault (its own balance, the yvUSDC shares locked in it)
+    # backs margin; the wallet and the transfer to a wallet are exposure only
+    assert {(h.source, h.locked) for h in native} == {
+        ("vault", True),
+        ("erc4626", True),
+        ("erc20_wallet", False),
+    }
+    assert not flight.locked and not bridged.locked
 
     expected = quantity(native_raw + USDC_E + SEEDED, 6)
     assert mine.total("USDC") == expected

@@ -176,14 +176,24 @@ def test_account_1_is_on_chains_1_and_3_only(devnet: Any) -> None:
 def test_erc4626_shares_are_worth_more_than_deposited(devnet: Any) -> None:
     config = devnet.config
     w3 = web3_of(config, 31337003)
-    (source,) = [s for s in config.sources_on(31337003) if s.kind.value == "erc4626"]
-    assert source.address is not None and source.tokens == [token(config, 31337003, "USDC").address]
-    yv = contract(w3, "ERC4626Vault", source.address)
-    deposits = expected("erc4626")
-    total = sum(deposits.values())
+    wallet, locked = sorted(
+        (s for s in config.sources_on(31337003) if s.kind.value == "erc4626"),
+        key=lambda s: s.locked_in is not None,
+    )
+    assert wallet.address is not None and wallet.address == locked.address
+    assert wallet.tokens == locked.tokens == [token(config, 31337003, "USDC").address]
+    assert locked.locked_in == contracts_of(config, 31337003)["CollateralVault"]
+    yv = contract(w3, "ERC4626Vault", wallet.address)
+    vault = contract(w3, "CollateralVault", locked.locked_in)
+    held, in_vault = expected("erc4626"), expected("erc4626_locked")
+    total = sum(held.values()) + sum(in_vault.values())
     for i, account in zip(DEMO_ACCOUNTS, config.accounts, strict=True):
         shares = yv.functions.balanceOf(account).call()
-        assert shares == deposits.get((i, 2, "USDC"), 0)
+        assert shares == held.get((i, 2, "USDC"), 0)
+        assert vault.functions.collateral(account, yv.address).call() == in_vault.get(
+            (i, 2, "USDC"), 0
+        )
+        shares += in_vault.get((i, 2, "USDC"), 0)
         yield_share = shares * int(ERC4626_YIELD.scaleb(6)) // total
         assert yv.functions.convertToAssets(shares).call() == shares + yield_share
 
