@@ -33,6 +33,7 @@ from chains.types import market_id
 
 __all__ = [
     "Attestation",
+    "LiquidationAttestation",
     "MarginAttestation",
     "WithdrawalAttestation",
     "digest",
@@ -73,6 +74,24 @@ WITHDRAWAL_FIELDS = (
     ("recipient", "address", "recipient"),
     ("equity", "uint256", "equity"),
     ("initialMargin", "uint256", "initial_margin"),
+    ("snapshotHash", "bytes32", "snapshot_hash"),
+    ("riskModelHash", "bytes32", "risk_model_hash"),
+    ("issuedAt", "uint64", "issued_at"),
+    ("validUntil", "uint64", "valid_until"),
+    ("nonce", "uint256", "nonce"),
+    ("counter", "uint256", "counter"),
+)
+LIQUIDATION_FIELDS = (
+    ("account", "address", "account"),
+    ("target", "address", "target"),
+    ("asset", "bytes32", "asset"),
+    ("sizeDelta", "int256", "size_delta"),
+    ("amount", "uint256", "amount"),
+    ("bonus", "uint256", "bonus"),
+    ("recipient", "address", "recipient"),
+    ("settle", "int256", "settle"),
+    ("equity", "int256", "equity"),
+    ("maintenanceMargin", "uint256", "maintenance_margin"),
     ("snapshotHash", "bytes32", "snapshot_hash"),
     ("riskModelHash", "bytes32", "risk_model_hash"),
     ("issuedAt", "uint64", "issued_at"),
@@ -185,7 +204,42 @@ class WithdrawalAttestation(_Signed):
     counter: int = 0
 
 
-Attestation = MarginAttestation | WithdrawalAttestation
+@dataclass(frozen=True)
+class LiquidationAttestation(_Signed):
+    """One step of a liquidation plan, executed by ``target`` for anyone who submits it:
+
+    * a PerpMarket closes ``size_delta`` (18 decimals; it must shrink the position, never
+      through zero) of ``account``'s ``asset`` market (its market id) at its feed's price, and
+      adds ``settle`` (USD, 1e18) to its realised P&L (a loss paid by seized collateral and
+      the insurance fund: only in a bad-debt plan);
+    * a CollateralVault seizes ``amount`` (raw) of the token ``asset`` (the address as a
+      bytes32) from ``account``'s collateral (or, if short, from its escape-hatch request):
+      ``bonus`` goes to the submitter, the rest to ``recipient``'s collateral in the vault
+      (the insurance fund; the fund's own cover of a bad debt goes to the treasury).
+
+    ``equity`` (signed) and ``maintenance_margin`` are the figures the plan was made on."""
+
+    PRIMARY: ClassVar[str] = "LiquidationAttestation"
+    FIELDS: ClassVar[Fields] = LIQUIDATION_FIELDS
+    account: str
+    target: str
+    asset: bytes
+    size_delta: int
+    amount: int
+    bonus: int
+    recipient: str
+    settle: int
+    equity: int
+    maintenance_margin: int
+    snapshot_hash: bytes
+    risk_model_hash: bytes
+    issued_at: int
+    valid_until: int
+    nonce: int
+    counter: int = 0
+
+
+Attestation = MarginAttestation | WithdrawalAttestation | LiquidationAttestation
 
 
 def typed_data(att: Attestation, chain_id: int, gate: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from aggregator.cli_backtest import backtest_command
 from aggregator.cli_bridge import bridge_app
 from aggregator.cli_devnet import devnet_app
 from aggregator.cli_keys import keys_app
+from aggregator.cli_liquidate import fund_command, liquidate_command
 from aggregator.cli_margin import authorize_command, withdraw_command
 from aggregator.cli_margin import margin as margin_command
 from aggregator.cli_serve import report as report_command
@@ -243,6 +244,8 @@ def snapshot(
 app.command(name="margin", cls=OneLineErrors)(margin_command)
 app.command(name="authorize", cls=OneLineErrors)(authorize_command)
 app.command(name="withdraw", cls=OneLineErrors)(withdraw_command)
+app.command(name="liquidate", cls=OneLineErrors)(liquidate_command)
+app.command(name="fund", cls=OneLineErrors)(fund_command)
 app.command(name="serve", cls=OneLineErrors)(serve_command)
 app.command(name="report", cls=OneLineErrors)(report_command)
 app.command(name="backtest", cls=OneLineErrors)(backtest_command)

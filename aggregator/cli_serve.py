@@ -50,6 +50,10 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     # a new store, or one behind the chain, cannot know every outstanding attestation: bump
     # the gates' counters before approving anything (docs/ARCHITECTURE.md, the gate's contract)
     from aggregator.gate_sync import CounterWatch, sync_counters
+    from aggregator.keeper import Keeper
+    from aggregator.liquidation import liquidation_policy
+
+    liquidation = liquidation_policy(cfg)
 
     sync_counters(cfg, store, signer, say=lambda m: print(m, flush=True))
     counters = CounterWatch(cfg, store, signer)
@@ -59,6 +63,7 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
         alerts.on_epoch(epoch)  # only queues: webhooks go out on their own threads
         metrics.health_bands(alerts.bands())
         counters.check({c: g.global_counter for c, g in epoch.world.gates.items()})
+        keeper.on_epoch(epoch)  # its own thread: plans, signs, submits with a keeper_sender
 
     # epochs leave a core to the requests unless told otherwise
     workers = settings.workers or (None if settings.executor == "ray" else _spare_cores())
@@ -71,6 +76,14 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     )
     metrics = Metrics()
     alerts = MarginCalls(destinations, on_outcome=metrics.alert_sent)
+    keeper = Keeper(
+        cfg,
+        store,
+        signer,
+        liquidation,
+        on_round=metrics.liquidation_round,
+        on_fund=metrics.fund,
+    )
     runner = EpochRunner(
         cfg,
         str(store_path),
@@ -89,7 +102,16 @@ def build_service(config_file: Path | None, **flags: Any) -> Any:
     metrics.watch_list(runner.accounts)
     canonical = CanonicalCheck(cfg, timeout_s=min(settings.read_timeout_s, 5.0))
     return Service(
-        cfg, settings, runner, store, signer, executor, metrics, canonical, alerts=alerts
+        cfg,
+        settings,
+        runner,
+        store,
+        signer,
+        executor,
+        metrics,
+        canonical,
+        alerts=alerts,
+        keeper=keeper,
     )
 
 

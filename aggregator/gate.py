@@ -31,7 +31,7 @@ from montecarlo.measures import tail_count
 #: groups of outstanding changes evaluated exactly (2**MAX_GROUPS corners); past it, refuse
 MAX_GROUPS = 6
 #: equity a kind of change moves per USD of exposure it moves
-EQUITY_RATIO = {"position": 0.0, "withdrawal": 1.0}
+EQUITY_RATIO = {"position": 0.0, "withdrawal": 1.0, "liquidation": 0.0, "seizure": 1.0}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from chains.errors import ChainError, RpcUnavailable
 from chains.margin_gate import bump_global_counter, gate_contract, global_counter
 
 LOG_CHUNK = 10_000  # blocks per eth_getLogs
+CONSUMED = ("AttestationConsumed", "WithdrawalConsumed", "LiquidationConsumed")
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +39,8 @@ def unknown_consumed(chain: ChainConfig, store: Store, since: int) -> int:
         events = []
         for start in range(since, head + 1, LOG_CHUNK):
             end = min(start + LOG_CHUNK - 1, head)
-            events += gate.events.AttestationConsumed().get_logs(from_block=start, to_block=end)
+            for kind in CONSUMED:  # one nonce space: positions, withdrawals, liquidations
+                events += getattr(gate.events, kind)().get_logs(from_block=start, to_block=end)
     except (Web3Exception, OSError, ValueError) as exc:
         raise RpcUnavailable(
             f"{chain.name}: cannot scan the gate's consumed nonces ({exc})"

@@ -62,6 +62,15 @@ CREATE TABLE IF NOT EXISTS counters (
     counter  TEXT    NOT NULL,
     block    INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bad_debts (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    account      TEXT    NOT NULL,
+    recorded_at  INTEGER NOT NULL,
+    shortfall    TEXT    NOT NULL,
+    covered      TEXT    NOT NULL,
+    uncovered    TEXT    NOT NULL,
+    snapshot     TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     key        TEXT    PRIMARY KEY,
     body_hash  TEXT    NOT NULL,
@@ -75,6 +84,48 @@ _COLUMNS = (
 )
 
 Row = tuple[int, str, str, int, str, str, str, str, str, int, int, str, int | None]
+
+
+def _insert(
+    db: sqlite3.Connection,
+    account: str,
+    new: NewReservation,
+    amount: Decimal,
+    nonce: int | None = None,
+) -> Reservation:
+    """Insert one active reservation (a random 256-bit nonce unless given) and return it."""
+    drawn = nonce if nonce is not None else secrets.randbits(256)
+    cursor = db.execute(
+        f"INSERT INTO reservations ({_COLUMNS.split(', ', 1)[1]}) VALUES"
+        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', NULL)",
+        (
+            account,
+            new.kind,
+            new.chain_id,
+            new.market,
+            new.size_delta,
+            str(amount),
+            str(drawn),
+            str(new.counter),
+            new.issued_at,
+            new.valid_until,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return Reservation(
+        cursor.lastrowid,
+        account,
+        new.kind,
+        new.chain_id,
+        new.market,
+        new.size_delta,
+        amount,
+        drawn,
+        new.counter,
+        new.issued_at,
+        new.valid_until,
+        ACTIVE,
+    )
 
 
 class IdempotentReplay(AggregatorError):
@@ -213,6 +264,72 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def record_bad_debt(
+        self, account: str, shortfall: Decimal, covered: Decimal, snapshot: str, at: int
+    ) -> int:
+        """Record durably that ``account``'s liquidation left ``shortfall`` USD below zero, of
+        which the insurance fund's plan covers ``covered``; returns the record's id."""
+        account = checksum_account(account)
+        uncovered = max(shortfall - covered, Decimal(0))
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO bad_debts (account, recorded_at, shortfall, covered, uncovered,"
+                " snapshot) VALUES (?, ?, ?, ?, ?, ?)",
+                (account, at, str(shortfall), str(covered), str(uncovered), snapshot),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def bad_debts(self) -> list[dict[str, object]]:
+        """Every bad-debt record, oldest first."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, account, recorded_at, shortfall, covered, uncovered, snapshot"
+                " FROM bad_debts ORDER BY id"
+            ).fetchall()
+        keys = ("id", "account", "recorded_at", "shortfall_usd", "covered_usd", "uncovered_usd")
+        return [{**dict(zip(keys, r[:6], strict=True)), "snapshot_hash": r[6]} for r in rows]
+
+    def reserve(
+        self,
+        groups: list[tuple[str, list[tuple[str, NewReservation]]]],
+        exclusive: tuple[str, ...] = (),
+    ) -> list[list[Reservation] | None]:
+        """Store groups of ``(account, new)`` in one transaction, with no decision (a
+        liquidation plan's steps: the plan is the decision), each with a random nonce. A group
+        whose first element, an account, already has an active row of a kind in ``exclusive``
+        is skipped (None): two plans for one account never both stand."""
+        checked = [
+            (checksum_account(owner), [(checksum_account(a), new) for a, new in items])
+            for owner, items in groups
+        ]
+        for _, items in checked:
+            for _, new in items:
+                _check_decimal("size_delta", new.size_delta)
+        out: list[list[Reservation] | None] = []
+        with self._transaction() as db:
+            for owner, items in checked:
+                for _, new in items:
+                    counter = _counter(db, new.chain_id)
+                    if counter is None or new.counter >> 128 != counter.counter:
+                        raise StoreError(
+                            f"store {self.path}: chain {new.chain_id}: the step's counter is "
+                            "not the one the store issues under (the gate counters were resynced)"
+                        )
+                marks = ",".join("?" * len(exclusive))
+                if (
+                    exclusive
+                    and db.execute(
+                        f"SELECT 1 FROM reservations WHERE account = ? AND state = 'active'"
+                        f" AND kind IN ({marks}) LIMIT 1",
+                        (owner, *exclusive),
+                    ).fetchone()
+                ):
+                    out.append(None)
+                    continue
+                out.append([_insert(db, a, new, Decimal(0)) for a, new in items])
+        return out
+
     def authorize(
         self,
         account: str,
@@ -252,38 +369,7 @@ class Store:
                 return None
             if amount < 0:
                 raise InputError("amount_usd", f"must be >= 0, got {amount}")
-            drawn = nonce if nonce is not None else secrets.randbits(256)
-            cursor = db.execute(
-                f"INSERT INTO reservations ({_COLUMNS.split(', ', 1)[1]}) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', NULL)",
-                (
-                    account,
-                    new.kind,
-                    new.chain_id,
-                    new.market,
-                    new.size_delta,
-                    str(amount),
-                    str(drawn),
-                    str(new.counter),
-                    new.issued_at,
-                    new.valid_until,
-                ),
-            )
-            assert cursor.lastrowid is not None
-            made = Reservation(
-                cursor.lastrowid,
-                account,
-                new.kind,
-                new.chain_id,
-                new.market,
-                new.size_delta,
-                amount,
-                drawn,
-                new.counter,
-                new.issued_at,
-                new.valid_until,
-                ACTIVE,
-            )
+            made = _insert(db, account, new, amount, nonce)
             if idempotency is not None:
                 db.execute(
                     "INSERT INTO idempotency (key, body_hash, response, expires_at)"

@@ -236,6 +236,7 @@ class OmnimarginConfig(_Strict):
     depegs: list[DepegConfig] = Field(default_factory=list)
     signer: SignerConfig | None = None
     margin: dict[str, Any] | None = None  # the aggregator's margin policy (it validates it)
+    liquidation: dict[str, Any] | None = None  # [liquidation] (aggregator/liquidation.py)
     store_path: str | None = None  # SQLite file of reservations and used nonces
     service: dict[str, Any] | None = None  # `omnimargin serve` settings (the service validates)
     alerts: list[dict[str, Any]] | None = None  # margin calls of `serve` (aggregator.alerts)

@@ -32,6 +32,7 @@ from chains.devnet_control import (
     warp,
 )
 from chains.devnet_deploy import DEMO_ACCOUNTS, Deployment, deploy_chain
+from chains.devnet_margin import DEVNET_FUND, DEVNET_FUND_USDC, KEEPER_ACCOUNT
 from chains.devnet_nodes import (
     HOST,
     STATE_FILE,
@@ -196,7 +197,16 @@ async def _deploy_all(
     deps = await deploy_bridges(deps, deployer, accounts)  # needs every chain's address
     demo = [accounts[i] for i in DEMO_ACCOUNTS]
     data = build_config(directory, anvil, deployer, demo, state["started_at"], deps)
+    # liquidations: the fund every vault credits penalties to, and the keeper's sender
+    data["liquidation"] = {
+        "insurance_fund": DEVNET_FUND,
+        "keeper_sender": accounts[KEEPER_ACCOUNT],
+    }
     _, config = write_config(directory, data)
+    usdc = 10 ** next(t.decimals for t in config.tokens_on(nodes[0].chain_id) if t.symbol == "USDC")
+    await mint_accounts(
+        config, nodes[0].chain_id, "USDC", [DEVNET_FUND], [DEVNET_FUND_USDC * usdc], locked=True
+    )
     _write_history(directory, history or {})
     state["replay"] = replay
     write_state(directory, state)

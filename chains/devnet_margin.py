@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from eth_utils import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.types import RPCEndpoint
@@ -31,6 +32,13 @@ SIGNER_KEY_FILE = "signer.key"
 DEVNET_SIGNER_KEY = bytes(keccak(text="omnimargin devnet signer"))
 SIGNER_GAS = 100 * 10**18  # wei the devnet signer holds for its counter bumps
 COLLATERAL_VAULT = "CollateralVault"
+#: the devnet's insurance fund: an account in every CollateralVault (keccak of a fixed phrase:
+#: nobody holds its key, so only liquidation attestations move what it holds)
+DEVNET_FUND = to_checksum_address(bytes(keccak(text="omnimargin insurance fund"))[-20:])
+#: what the devnet's fund starts with, USDC locked on the first chain
+DEVNET_FUND_USDC = 50_000
+#: anvil's unlocked account that the devnet's keeper sends liquidation steps from
+KEEPER_ACCOUNT = 8
 #: the escape hatch's delay on the devnet (seconds; DEFAULT_WITHDRAWAL_DELAY_S elsewhere)
 DEVNET_WITHDRAWAL_DELAY_S = 8
 #: a production vault's escape-hatch delay: long enough to liquidate what the amount backed

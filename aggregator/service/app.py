@@ -35,6 +35,8 @@ from aggregator.authorize import check_request, decide, held_margin, parse_size
 from aggregator.canonical import CanonicalCheck
 from aggregator.errors import AggregatorError, InputError
 from aggregator.inputs import load_json
+from aggregator.keeper import Keeper, fund_report
+from aggregator.liquidation import liquidation_policy
 from aggregator.service import views
 from aggregator.service.epochs import Epoch, EpochRunner
 from aggregator.service.margin_calls import MarginCalls
@@ -86,6 +88,7 @@ class Service:
     canonical: CanonicalCheck
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
     alerts: MarginCalls = field(default_factory=MarginCalls)  # margin calls (no webhooks)
+    keeper: Keeper | None = None  # liquidations (``serve`` builds one; tests may not)
 
 
 def _error(status: int, field: str, reason: str) -> JSONResponse:
@@ -398,6 +401,22 @@ def _routes(app: FastAPI) -> None:
         return await anyio.to_thread.run_sync(
             _authorize, svc, body, epoch, reorged, idempotency_key, limiter=svc.limiter
         )
+
+    @app.get("/v1/liquidations", dependencies=[Depends(read_key)], tags=["margin"])
+    async def liquidations(svc: Svc) -> dict[str, Any]:
+        """The keeper's recent liquidation rounds (newest first): each account's plan, its
+        signed steps and, when the keeper submits, what each step did on chain."""
+        rounds = svc.keeper.rounds() if svc.keeper is not None else []
+        return {"keeper": svc.keeper is not None and svc.keeper.lp.keeper, "rounds": rounds}
+
+    @app.get("/v1/fund", dependencies=[Depends(read_key)], tags=["margin"])
+    async def fund(svc: Svc) -> dict[str, Any]:
+        """The insurance fund read now: its collateral in every vault, valued, and every bad
+        debt on record (covered by the fund, or not)."""
+        if svc.keeper is not None:
+            return await asyncio.to_thread(svc.keeper.refresh_fund)
+        lp = liquidation_policy(svc.cfg)
+        return await asyncio.to_thread(fund_report, svc.cfg, svc.store, lp)
 
     @app.post(
         "/v1/risk",

@@ -68,6 +68,24 @@ class Metrics:
             "Accounts that left the watch list, idle (nothing on any chain) for too many epochs.",
             registry=r,
         )
+        self.liquidation_steps = Counter(
+            "omnimargin_liquidation_steps",
+            "Liquidation steps signed by the keeper, by kind (liquidation: a close, seizure: "
+            "collateral) and outcome (signed, executed, reverted).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.fund_usd = Gauge(
+            "omnimargin_insurance_fund_usd",
+            "The insurance fund's collateral in every vault, USD at collateral prices.",
+            registry=r,
+        )
+        self.bad_debt_usd = Gauge(
+            "omnimargin_bad_debt_usd",
+            "Bad debt on record, USD: covered by the fund's plan, or uncovered.",
+            ["state"],
+            registry=r,
+        )
         self.by_band = Gauge(
             "omnimargin_accounts_by_health_band",
             "Accounts of the current epoch by health band (healthy, warning: health under the "
@@ -111,3 +129,21 @@ class Metrics:
                 self.snapshot_age.labels(str(s.chain_id)).set(max(now - s.timestamp, 0.0))
             else:
                 self.rpc_errors.labels(str(s.chain_id)).inc()
+
+    def liquidation_round(self, round_: dict[str, object]) -> None:
+        """Count a keeper round's steps (signed, and executed or reverted when submitted)."""
+        steps = round_.get("steps") or []
+        submitted = round_.get("submitted") or []
+        assert isinstance(steps, list) and isinstance(submitted, list)
+        for step in steps:
+            self.liquidation_steps.labels(step["kind"], "signed").inc()
+        kinds = {s["reservation_id"]: s["kind"] for s in steps}
+        for r in submitted:
+            outcome = "executed" if r["executed"] else "reverted"
+            self.liquidation_steps.labels(kinds.get(r["reservation_id"], "?"), outcome).inc()
+
+    def fund(self, report: Mapping[str, object]) -> None:
+        """The insurance fund's value and the bad debts on record (``fund_report``)."""
+        self.fund_usd.set(float(report["total_usd"]))  # type: ignore[arg-type]
+        self.bad_debt_usd.labels("covered").set(float(report["bad_debt_covered_usd"]))  # type: ignore[arg-type]
+        self.bad_debt_usd.labels("uncovered").set(float(report["bad_debt_uncovered_usd"]))  # type: ignore[arg-type]

@@ -12,7 +12,12 @@
           with no attestation. `cancel_withdrawal_request` puts it back. A request also bumps
           the account's counter on the gate: every approval it holds, granted while the amount
           still backed it, dies with it.
-        docs/ARCHITECTURE.md, "Collateral that cannot leave".
+        - a LiquidationAttestation (a liquidation plan's step, checked and spent by the gate):
+          it seizes collateral (from an escape-hatch request too, when the collateral is
+          short: a pending amount is still seizable until it is released), the bonus to
+          whoever submits, the rest to the recipient's collateral here (the insurance fund,
+          an account like any other in this vault).
+        docs/ARCHITECTURE.md, "Collateral that cannot leave" and "Liquidation".
 """
 
 from ethereum.ercs import IERC20
@@ -32,6 +37,24 @@ struct WithdrawalAttestation:
     nonce: uint256
     counter: uint256
 
+struct LiquidationAttestation:
+    account: address
+    target: address
+    asset: bytes32
+    sizeDelta: int256
+    amount: uint256
+    bonus: uint256
+    recipient: address
+    settle: int256
+    equity: int256
+    maintenanceMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+    counter: uint256
+
 struct Pending:
     amount: uint256
     ready_at: uint256
@@ -39,6 +62,7 @@ struct Pending:
 interface MarginGate:
     def consume_withdrawal(_att: WithdrawalAttestation, _signature: Bytes[65]) -> address: nonpayable
     def invalidate_account(_account: address) -> uint256: nonpayable
+    def consume_liquidation(_att: LiquidationAttestation, _signature: Bytes[65]) -> address: nonpayable
 
 event Deposit:
     account: indexed(address)
@@ -62,6 +86,14 @@ event WithdrawalRequestCancelled:
     account: indexed(address)
     token: indexed(address)
     amount: uint256
+
+event Seized:
+    account: indexed(address)
+    token: indexed(address)
+    amount: uint256
+    bonus: uint256
+    recipient: address
+    liquidator: indexed(address)
 
 event GateSet:
     gate: indexed(address)
@@ -187,3 +219,38 @@ def complete_withdrawal(_token: address):
     assert block.timestamp >= p.ready_at, "vault: delay not over"
     self.pending[msg.sender][_token] = empty(Pending)
     self._release(msg.sender, _token, p.amount, msg.sender, 0)
+
+
+@external
+def liquidate(_att: LiquidationAttestation, _signature: Bytes[65]):
+    """@notice Seize `_att.amount` of the token `_att.asset` from `_att.account`: `_att.bonus`
+    to the submitter, the rest credited to `_att.recipient` here. Anyone may submit."""
+    assert self.gate != empty(address), "vault: no gate"
+    assert _att.sizeDelta == 0 and _att.settle == 0, "vault: not a collateral step"
+    assert _att.amount > 0, "vault: zero amount"
+    assert _att.bonus <= _att.amount, "vault: bonus above amount"
+    assert _att.recipient != empty(address), "vault: zero recipient"
+    assert convert(_att.asset, uint256) < 2**160, "vault: not a token"
+    token: address = convert(convert(_att.asset, uint256), address)
+    held: uint256 = self.collateral[_att.account][token]
+    p: Pending = self.pending[_att.account][token]
+    assert held + p.amount >= _att.amount, "vault: insufficient collateral"
+    extcall MarginGate(self.gate).consume_liquidation(_att, _signature)
+    if held >= _att.amount:
+        self.collateral[_att.account][token] = held - _att.amount
+    else:
+        self.collateral[_att.account][token] = 0
+        p.amount -= _att.amount - held
+        self.pending[_att.account][token] = p
+    self.collateral[_att.recipient][token] += _att.amount - _att.bonus
+    if _att.bonus > 0:
+        self.total_locked[token] -= _att.bonus
+        assert extcall IERC20(token).transfer(msg.sender, _att.bonus), "vault: transfer failed"
+    log Seized(
+        account=_att.account,
+        token=token,
+        amount=_att.amount,
+        bonus=_att.bonus,
+        recipient=_att.recipient,
+        liquidator=msg.sender,
+    )

@@ -14,7 +14,9 @@
         also cancel one outstanding attestation by its nonce.
         A WithdrawalAttestation lets a registered CollateralVault release `amount` of `token`
         of `account` to `recipient`. It shares the signer set, the nonce space and the
-        counter of margin attestations: one outstanding set, one invariant.
+        counter of margin attestations: one outstanding set, one invariant. A
+        LiquidationAttestation is one step of a liquidation plan, executed by the registered
+        market or vault it names (`target`) for whoever submits it.
         docs/ARCHITECTURE.md, "The gate's contract".
 """
 
@@ -39,6 +41,24 @@ struct WithdrawalAttestation:
     recipient: address
     equity: uint256
     initialMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+    counter: uint256
+
+struct LiquidationAttestation:
+    account: address
+    target: address
+    asset: bytes32
+    sizeDelta: int256
+    amount: uint256
+    bonus: uint256
+    recipient: address
+    settle: int256
+    equity: int256
+    maintenanceMargin: uint256
     snapshotHash: bytes32
     riskModelHash: bytes32
     issuedAt: uint64
@@ -87,6 +107,15 @@ event WithdrawalConsumed:
     token: address
     amount: uint256
 
+event LiquidationConsumed:
+    account: indexed(address)
+    target: indexed(address)
+    nonce: uint256
+    signer: indexed(address)
+    asset: bytes32
+    sizeDelta: int256
+    amount: uint256
+
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -99,6 +128,12 @@ WITHDRAWAL_TYPEHASH: constant(bytes32) = keccak256(
     "WithdrawalAttestation(address account,address vault,address token,uint256 amount,"
     "address recipient,uint256 equity,uint256 initialMargin,bytes32 snapshotHash,"
     "bytes32 riskModelHash,uint64 issuedAt,uint64 validUntil,uint256 nonce,uint256 counter)"
+)
+LIQUIDATION_TYPEHASH: constant(bytes32) = keccak256(
+    "LiquidationAttestation(address account,address target,bytes32 asset,int256 sizeDelta,"
+    "uint256 amount,uint256 bonus,address recipient,int256 settle,int256 equity,"
+    "uint256 maintenanceMargin,bytes32 snapshotHash,bytes32 riskModelHash,uint64 issuedAt,"
+    "uint64 validUntil,uint256 nonce,uint256 counter)"
 )
 NAME_HASH: constant(bytes32) = keccak256("omnimargin")
 VERSION_HASH: constant(bytes32) = keccak256("1")
@@ -389,6 +424,75 @@ def consume_withdrawal(_att: WithdrawalAttestation, _signature: Bytes[65]) -> ad
         nonce=_att.nonce,
         signer=signer,
         token=_att.token,
+        amount=_att.amount,
+    )
+    return signer
+
+
+@internal
+@view
+def _liquidation_digest(_att: LiquidationAttestation) -> bytes32:
+    struct_hash: bytes32 = keccak256(
+        abi_encode(
+            LIQUIDATION_TYPEHASH,
+            _att.account,
+            _att.target,
+            _att.asset,
+            _att.sizeDelta,
+            _att.amount,
+            _att.bonus,
+            _att.recipient,
+            _att.settle,
+            _att.equity,
+            _att.maintenanceMargin,
+            _att.snapshotHash,
+            _att.riskModelHash,
+            _att.issuedAt,
+            _att.validUntil,
+            _att.nonce,
+            _att.counter,
+        )
+    )
+    return keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
+
+
+@external
+@view
+def hash_liquidation(_att: LiquidationAttestation) -> bytes32:
+    """@notice The EIP-712 digest of a liquidation attestation."""
+    return self._liquidation_digest(_att)
+
+
+@internal
+@view
+def _verify_liquidation(_att: LiquidationAttestation, _signature: Bytes[65]) -> address:
+    signer: address = self._signer_of(self._liquidation_digest(_att), _signature)
+    self._check_live(_att.account, _att.issuedAt, _att.validUntil, _att.nonce, _att.counter)
+    return signer
+
+
+@external
+@view
+def verify_liquidation(_att: LiquidationAttestation, _signature: Bytes[65]) -> address:
+    """@notice The signer of a valid, unexpired, unspent liquidation step; reverts otherwise."""
+    return self._verify_liquidation(_att, _signature)
+
+
+@external
+def consume_liquidation(_att: LiquidationAttestation, _signature: Bytes[65]) -> address:
+    """@notice Verify and spend a liquidation step's nonce; only the registered market or
+    vault it names."""
+    assert self.is_market[msg.sender] or self.is_vault[msg.sender], "gate: only market or vault"
+    assert _att.target == msg.sender, "gate: other target"
+    signer: address = self._verify_liquidation(_att, _signature)
+    self.nonce_used[_att.account][_att.nonce] = True
+    log LiquidationConsumed(
+        account=_att.account,
+        target=msg.sender,
+        nonce=_att.nonce,
+        signer=signer,
+        asset=_att.asset,
+        sizeDelta=_att.sizeDelta,
         amount=_att.amount,
     )
     return signer

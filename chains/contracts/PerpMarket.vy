@@ -8,7 +8,9 @@
         position grows, kept when it shrinks, reset when it flips or closes. The P&L of the
         part closed (size closed x (price - entry)) is realised into `realized` (USD, 18
         decimals), so a trade at the mark moves no equity: position value + realised is
-        conserved, however the position is cut.
+        conserved, however the position is cut. `liquidate` executes a liquidation plan's
+        step (a LiquidationAttestation the gate checks): it only shrinks a position, never
+        through zero, and may settle realised P&L paid by seized collateral or the fund.
 """
 
 struct MarginAttestation:
@@ -24,12 +26,31 @@ struct MarginAttestation:
     nonce: uint256
     counter: uint256
 
+struct LiquidationAttestation:
+    account: address
+    target: address
+    asset: bytes32
+    sizeDelta: int256
+    amount: uint256
+    bonus: uint256
+    recipient: address
+    settle: int256
+    equity: int256
+    maintenanceMargin: uint256
+    snapshotHash: bytes32
+    riskModelHash: bytes32
+    issuedAt: uint64
+    validUntil: uint64
+    nonce: uint256
+    counter: uint256
+
 struct Position:
     size: int256
     entry_price: uint256
 
 interface MarginGate:
     def consume(_att: MarginAttestation, _signature: Bytes[65]) -> address: nonpayable
+    def consume_liquidation(_att: LiquidationAttestation, _signature: Bytes[65]) -> address: nonpayable
 
 interface AggregatorV3:
     def latestRoundData() -> (uint80, int256, uint256, uint256, uint80): view
@@ -44,6 +65,15 @@ event PositionChanged:
     sizeDelta: int256
     newSize: int256
     price: uint256
+
+event Liquidated:
+    account: indexed(address)
+    market: indexed(bytes32)
+    sizeDelta: int256
+    newSize: int256
+    price: uint256
+    settle: int256
+    liquidator: indexed(address)
 
 MAX_MARKETS: constant(uint256) = 64
 
@@ -127,28 +157,67 @@ def _entry(_old: Position, _delta: int256, _new_size: int256, _price: uint256) -
     return grown // convert(abs(_new_size), uint256)
 
 
+@internal
+def _trade(_account: address, _market: bytes32, _delta: int256) -> (int256, uint256):
+    """Change `_account`'s `_market` position by `_delta` at the feed's price, realising the
+    P&L of the part closed; returns (new size, price)."""
+    feed: address = self.feed_of[_market]
+    price: uint256 = self._price(feed)
+    old: Position = self.positions[_account][_market]
+    closed: int256 = self._closed(old.size, _delta)
+    if closed != 0:
+        move: int256 = convert(price, int256) - convert(old.entry_price, int256)
+        self.realized[_account][_market] += closed * move // PRICE_UNIT
+    new_size: int256 = old.size + _delta
+    self.positions[_account][_market] = Position(
+        size=new_size, entry_price=self._entry(old, _delta, new_size, price)
+    )
+    return new_size, price
+
+
 @external
 def open(_att: MarginAttestation, _signature: Bytes[65]):
     """@notice Change `_att.account`'s position by `_att.sizeDelta`, as the gate allows.
     Anyone may submit (the account or a relayer): the signed attestation is the authority."""
-    feed: address = self.feed_of[_att.market]
-    assert feed != empty(address), "perp: unknown market"
+    assert self.feed_of[_att.market] != empty(address), "perp: unknown market"
     assert _att.sizeDelta != 0, "perp: zero size"
     extcall MarginGate(self.gate).consume(_att, _signature)
-    price: uint256 = self._price(feed)
-    old: Position = self.positions[_att.account][_att.market]
-    closed: int256 = self._closed(old.size, _att.sizeDelta)
-    if closed != 0:
-        move: int256 = convert(price, int256) - convert(old.entry_price, int256)
-        self.realized[_att.account][_att.market] += closed * move // PRICE_UNIT
-    new_size: int256 = old.size + _att.sizeDelta
-    self.positions[_att.account][_att.market] = Position(
-        size=new_size, entry_price=self._entry(old, _att.sizeDelta, new_size, price)
-    )
+    new_size: int256 = 0
+    price: uint256 = 0
+    new_size, price = self._trade(_att.account, _att.market, _att.sizeDelta)
     log PositionChanged(
         account=_att.account,
         market=_att.market,
         sizeDelta=_att.sizeDelta,
         newSize=new_size,
         price=price,
+    )
+
+
+@external
+def liquidate(_att: LiquidationAttestation, _signature: Bytes[65]):
+    """@notice Execute one step of a liquidation plan: close `_att.sizeDelta` of the position
+    (shrinking it, never through zero) at the feed's price and settle `_att.settle` into its
+    realised P&L. Anyone may submit: the signed step is the authority."""
+    assert self.feed_of[_att.asset] != empty(address), "perp: unknown market"
+    assert _att.amount == 0 and _att.bonus == 0, "perp: not a position step"
+    assert _att.sizeDelta != 0 or _att.settle != 0, "perp: empty step"
+    old: int256 = self.positions[_att.account][_att.asset].size
+    if _att.sizeDelta != 0:
+        assert old != 0 and (old > 0) != (_att.sizeDelta > 0), "perp: not a reduction"
+        assert abs(_att.sizeDelta) <= abs(old), "perp: through zero"
+    extcall MarginGate(self.gate).consume_liquidation(_att, _signature)
+    new_size: int256 = old
+    price: uint256 = 0
+    if _att.sizeDelta != 0:
+        new_size, price = self._trade(_att.account, _att.asset, _att.sizeDelta)
+    self.realized[_att.account][_att.asset] += _att.settle
+    log Liquidated(
+        account=_att.account,
+        market=_att.asset,
+        sizeDelta=_att.sizeDelta,
+        newSize=new_size,
+        price=price,
+        settle=_att.settle,
+        liquidator=msg.sender,
     )

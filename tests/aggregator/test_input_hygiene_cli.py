@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from web3 import HTTPProvider, Web3
 
-from aggregator.cli_devnet import mined_revert_reason, revert_reason
 from chains.compile import load_artifact
+from chains.revert import mined_revert_reason, revert_reason
 
 ACCOUNT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 TYPO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C9"  # last digit mistyped, mixed case kept

@@ -13,7 +13,10 @@ from typing import Any
 from aggregator.accounts import margin_report, policy_of, scenario_set
 from aggregator.attestation import load_signer_key
 from aggregator.authorize import Request, decide, fresh_state
+from aggregator.keeper import liquidate
+from aggregator.liquidation import liquidation_policy, why_not
 from aggregator.store import Store
+from aggregator.withdraw import withdraw, withdrawal_request
 from aggregator.world import read_world
 from chains.config import load_config
 from chains.devnet_control import set_feed
@@ -51,10 +54,22 @@ def test_stale_prices_under_a_position_make_health_unknown(
             cfg, fresh_state(cfg, store, key, trader), Request(trader, B, "BTC", Decimal("0.01")),
             store, key,
         )  # fmt: skip
+        # no withdrawal for the trader; the saver (no position) is approved at once
+        out = withdrawal_request(cfg, trader, A, "USDC", "1")
+        taken = withdraw(cfg, out, store, key)
+        saved = withdraw(cfg, withdrawal_request(cfg, saver, A, "USDC", "1"), store, key)
+        # and no liquidation: the keeper waits for good prices
+        waits = liquidate(
+            cfg, store, key, liquidation_policy(cfg), [fresh_state(cfg, store, key, trader)]
+        )
+        why = why_not(fresh_state(cfg, store, key, trader))
     finally:
         store.close()
     assert (r["status"], r["health"], r["liquidatable"]) == ("unknown", None, None)
     assert figures.unknown and any("ETH" in why for why in r["reasons"])
     assert not more["approved"] and "ETH" in more["reason"]
+    assert not taken["approved"] and "ETH" in taken["reason"]
+    assert saved["approved"] and saved["no_risk"], saved["reason"]
+    assert waits == [] and why is not None and "unknown" in why
     # collateral alone (USDC, priced): its status is not unknown, and it is not liquidatable
     assert plain["status"] in ("ok", "degraded") and plain["liquidatable"] is False

@@ -283,6 +283,8 @@ def _other_endpoint(live: str, kind: str) -> Iterator[str]:
             yield url
         return
     with replica(live, ETH) as (url, _):  # the same chain, then one different block each
+        # the fork point: the live chain mines a block a second, maybe since the read above
+        height = int(rpc(url, "eth_blockNumber", []), 16)
         rpc(live, "anvil_mine", ["0x1"])
         rpc(url, "evm_setNextBlockTimestamp", [int(time.time()) + 1000])
         rpc(url, "anvil_mine", ["0x1"])

@@ -1,0 +1,502 @@
+"""Liquidation across chains (docs/ARCHITECTURE.md, "Liquidation").
+
+An account is liquidatable when its equity is below MM at ``ok`` prices (``status`` ok: never
+on stale or missing data). A plan, made from the account's state alone (pure):
+
+1. **Close positions**, largest ES contribution first, each by at most ``close_factor`` of its
+   size per round, partially: the smallest cut (found by bisection on the account's scenario
+   P&L) that brings health = equity / MM to ``target_health`` after the fees, else the whole
+   close factor and on to the next position.
+2. **Fees**: ``bonus`` (to whoever submits) plus ``penalty`` (to the insurance fund) times the
+   notional closed, never more than the equity left; seized from the locked collateral on
+   whichever chains hold it, largest value first, each a vault step.
+3. **Bad debt**: an account whose equity is at or below zero has every position closed at
+   once, every unit of collateral seized (the bonus out of it, the rest to the fund), its
+   realised loss settled (``settle`` on a close step), and the shortfall covered from the
+   insurance fund where it can be (a vault step seizing the fund's collateral for the
+   treasury); what the fund cannot cover stays recorded as uncovered bad debt.
+
+Each step becomes a :class:`~aggregator.attestation.LiquidationAttestation` that the target
+chain's PerpMarket or CollateralVault accepts from anyone, and a reservation in the store
+(kinds ``liquidation`` and ``seizure``: the gate's outstanding set counts them like position
+changes and withdrawals), so no account is planned twice while a plan is outstanding.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from eth_account.signers.local import LocalAccount
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aggregator.attestation import LiquidationAttestation, market_id, sign, typed_data
+from aggregator.authorize import AccountState
+from aggregator.gate import tail_mean
+from aggregator.inputs import account as checked_account
+from aggregator.portfolio_file import first_error
+from aggregator.store import NewReservation, Reservation, Store
+from bridge_adapters.canonical import Representations
+from bridge_adapters.risk import risk_column
+from chains.config import OmnimarginConfig
+from chains.devnet_margin import DEVNET_FUND
+from chains.types import SourceKind
+from montecarlo.measures import tail_count
+
+WAD = 10**18
+KINDS = ("liquidation", "seizure")
+BISECTIONS = 30  # a cut to 2**-30 of the close factor's size
+
+
+class _LiquidationModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    close_factor: float = Field(0.5, gt=0, le=1)
+    target_health: float = Field(1.25, gt=1, le=10)
+    bonus: float = Field(0.01, ge=0, lt=0.25)
+    penalty: float = Field(0.01, ge=0, lt=0.25)
+    insurance_fund: str = DEVNET_FUND
+    keeper: bool = True
+    keeper_sender: str | None = None  # an unlocked node account that submits (the devnet's)
+    ttl_s: int = Field(120, ge=10, le=3600)
+
+
+@dataclass(frozen=True)
+class LiquidationPolicy:
+    """``[liquidation]`` of the config: how far a round goes, what it pays, who keeps it."""
+
+    close_factor: float = 0.5
+    target_health: float = 1.25
+    bonus: float = 0.01
+    penalty: float = 0.01
+    insurance_fund: str = DEVNET_FUND
+    keeper: bool = True
+    keeper_sender: str | None = None
+    ttl_s: int = 120
+
+
+def liquidation_policy(cfg: OmnimarginConfig) -> LiquidationPolicy:
+    """The config's ``[liquidation]`` table, checked (errors name ``liquidation.<field>``)."""
+    try:
+        m = _LiquidationModel.model_validate(cfg.liquidation or {})
+    except ValidationError as exc:
+        raise first_error(exc, "liquidation") from None
+    fund = checked_account(m.insurance_fund, "liquidation.insurance_fund")
+    sender = None if m.keeper_sender is None else checked_account(m.keeper_sender, "sender")
+    return LiquidationPolicy(**{**m.model_dump(), "insurance_fund": fund, "keeper_sender": sender})
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close ``size_delta`` (units, signed: it shrinks the position) of ``market`` on
+    ``chain_id``, settling ``settle_usd`` into its realised P&L."""
+
+    chain_id: int
+    market: str
+    size_delta: Decimal
+    notional_usd: float
+    settle_usd: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Seize:
+    """Seize ``amount`` (raw) of ``token`` from ``account`` in ``vault``: ``bonus`` (raw) to
+    the submitter, the rest to ``recipient``."""
+
+    chain_id: int
+    vault: str
+    token: str
+    symbol: str
+    column: str
+    decimals: int
+    amount: int
+    bonus: int
+    recipient: str
+    value_usd: float
+    account: str
+
+    @property
+    def quantity(self) -> Decimal:
+        return Decimal(self.amount).scaleb(-self.decimals)
+
+
+@dataclass(frozen=True)
+class Plan:
+    account: str
+    equity: float
+    maintenance_margin: float
+    health: float
+    health_after: float | None
+    target_health: float
+    closes: tuple[Close, ...] = ()
+    seizes: tuple[Seize, ...] = ()
+    fees_usd: float = 0.0
+    bad_debt_usd: float = 0.0
+    fund_cover_usd: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def steps(self) -> int:
+        return len(self.closes) + len(self.seizes)
+
+
+def why_not(state: AccountState) -> str | None:
+    """Why ``state`` is not to be liquidated now (None when it is)."""
+    f = state.figures
+    if f.status != "ok":
+        return f"status {f.status}: nothing is liquidated on stale or missing data"
+    if not f.liquidatable:
+        return f"health {f.health if f.health is not None else 'n/a'}: not below MM"
+    return None
+
+
+def _mm(pnl: np.ndarray, k: int) -> float:
+    return max(tail_mean(-pnl, k), 0.0)
+
+
+def _candidates(loss: np.ndarray, move: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the scenarios that can be among the k largest of ``loss + t * move`` for
+    some t in [0, 1]: each loss is linear in t, so it is at least min(loss(0), loss(1)) on
+    the interval, the k-th largest at any t is at least L = the k-th largest of those minima,
+    and a scenario in the top k at some t has max(loss(0), loss(1)) >= L. Bisection then
+    runs on these (a few k) instead of all M."""
+    end = loss + move
+    low = np.minimum(loss, end)
+    bound = np.partition(low, low.shape[0] - k)[low.shape[0] - k]
+    return np.flatnonzero(np.maximum(loss, end) >= bound)
+
+
+def plan(
+    cfg: OmnimarginConfig,
+    state: AccountState,
+    lp: LiquidationPolicy,
+    fund_locked: dict[tuple[int, str], Decimal] | None = None,
+) -> Plan:
+    """The plan for a liquidatable account (see the module docstring); ``fund_locked`` is the
+    insurance fund's collateral per (chain, token), needed only when equity is not positive."""
+    if (reason := why_not(state)) is not None:
+        raise ValueError(reason)
+    f, prices = state.figures, state.world.prices
+    equity, mm0 = float(f.equity), f.maintenance_margin
+    account = str(state.report["account"])
+    pnl = state.scenario_pnl()
+    k = tail_count(state.policy.mm_alpha, int(pnl.shape[0]))
+    positions = []
+    for (chain, market), size in state.positions.items():
+        quote = prices.get(market)
+        if size == 0 or quote is None or quote.price is None:
+            continue
+        positions.append((chain, market, size, float(quote.price)))
+    positions.sort(key=lambda p: (-f.by_asset.get(p[1], 0.0), -abs(float(p[2])) * p[3]))
+    fee_rate = lp.bonus + lp.penalty
+    insolvent = equity <= 0
+    closes: list[Close] = []
+    notional = 0.0
+    health_after: float | None = None
+    for chain, market, size, price in positions:
+        r = state.scen.column_returns(market)
+        sign = 1.0 if size > 0 else -1.0
+        most = abs(size) if insolvent else _round_size(abs(size) * Decimal(repr(lp.close_factor)))
+
+        unit = r * (sign * price)  # P&L per unit closed is -unit (M,)
+        top = float(most)
+        keep = _candidates(-pnl, unit * top, k)
+        loss_c, unit_c = -pnl[keep], unit[keep]
+        fees_before = notional
+
+        def health_if(q: float) -> float:
+            losses = loss_c + unit_c * q  # noqa: B023 (this position's arrays)
+            top_k = np.partition(losses, losses.shape[0] - k)[losses.shape[0] - k :]
+            mm = max(float(top_k.mean()), 0.0)
+            eq = equity - min(fee_rate * (fees_before + q * price), max(equity, 0.0))  # noqa: B023
+            return math.inf if mm <= 0 else eq / mm
+
+        cut = most
+        if not insolvent and health_if(top) >= lp.target_health:
+            lo, hi = 0.0, top
+            for _ in range(BISECTIONS):  # the smallest cut that reaches the target
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if health_if(mid) >= lp.target_health else (mid, hi)
+            cut = min(_round_size(Decimal(repr(hi)), up=True), most)
+        closes.append(Close(chain, market, -cut if size > 0 else cut, float(cut) * price))
+        health_after = health_if(float(cut))
+        pnl = pnl - unit * float(cut)
+        notional += float(cut) * price
+        if not insolvent and health_after >= lp.target_health:
+            break
+    fees = 0.0 if insolvent else min(fee_rate * notional, max(equity, 0.0))
+    mm_after = _mm(pnl, k)
+    eq_after = equity - fees
+    health_after = None if mm_after <= 0 else eq_after / mm_after
+    if insolvent:
+        return _bad_debt_plan(cfg, state, lp, closes, fund_locked or {}, equity, mm0)
+    seizes = _seize(cfg, state, lp, fees, lp.bonus / fee_rate if fee_rate else 0.0)
+    return Plan(
+        account,
+        equity,
+        mm0,
+        equity / mm0 if mm0 > 0 else math.inf,
+        health_after,
+        lp.target_health,
+        tuple(closes),
+        tuple(seizes),
+        fees,
+    )
+
+
+def _round_size(q: Decimal, up: bool = False) -> Decimal:
+    """A size to 18 decimals (the contracts' unit), rounded up or down."""
+    return q.quantize(Decimal(1).scaleb(-18), rounding=ROUND_CEILING if up else ROUND_FLOOR)
+
+
+def _collateral(
+    cfg: OmnimarginConfig, state: AccountState, locked: dict[tuple[int, str], Decimal]
+) -> list[tuple[float, int, str, str, str, int, Fraction]]:
+    """(value, chain, vault, token, column, decimals, price) of each locked amount, largest
+    value first; amounts without an ``ok`` collateral price are left alone."""
+    reps = Representations.from_config(cfg)
+    vaults = {s.chain_id: s.address for s in cfg.sources if s.kind is SourceKind.VAULT}
+    out = []
+    for (chain, token), qty in locked.items():
+        rep = reps.lookup(chain, token)
+        price = state.world.prices.get(rep.asset)
+        if qty <= 0 or price is None or price.collateral_price is None or chain not in vaults:
+            continue
+        value = float(Fraction(qty) * price.collateral_price)
+        column = risk_column(rep.asset, [] if rep.name == "native" else [rep.name])
+        vault = str(vaults[chain])
+        out.append((value, chain, vault, token, column, rep.decimals, price.collateral_price))
+    out.sort(key=lambda x: -x[0])
+    return out
+
+
+def _seize(
+    cfg: OmnimarginConfig,
+    state: AccountState,
+    lp: LiquidationPolicy,
+    usd: float,
+    bonus_share: float,
+    everything: bool = False,
+) -> list[Seize]:
+    """Vault steps taking ``usd`` of the account's locked collateral (all of it with
+    ``everything``, for the treasury: a bad debt's collateral pays its loss), the bonus share
+    to the submitter and the rest to the fund."""
+    account = str(state.report["account"])
+    reps = Representations.from_config(cfg)
+    out: list[Seize] = []
+    left = Fraction(repr(usd)) if not everything else None
+    for _value, chain, vault, token, column, decimals, price in _collateral(
+        cfg, state, state.locked
+    ):
+        if left is not None and left <= 0:
+            break
+        have = int(state.locked[(chain, token)].scaleb(decimals))
+        raw = have if left is None else min(have, math.ceil(left / price * 10**decimals))
+        if raw <= 0:
+            continue
+        taken = Fraction(raw, 10**decimals) * price
+        bonus = int(raw * bonus_share)
+        symbol = reps.lookup(chain, token).symbol
+        to = treasury(cfg, chain) if everything else lp.insurance_fund
+        out.append(
+            Seize(
+                chain, vault, token, symbol, column, decimals, raw, bonus, to, float(taken),
+                account,
+            )
+        )  # fmt: skip
+        if left is not None:
+            left -= taken
+    return out
+
+
+def treasury(cfg: OmnimarginConfig, chain_id: int) -> str:
+    """Who a chain's realised perp losses are paid to: its PerpMarket's account in the vault."""
+    perp = cfg.chain(chain_id).perp_market
+    assert perp is not None, f"chain {chain_id} has no PerpMarket"
+    return str(perp)
+
+
+def _bad_debt_plan(
+    cfg: OmnimarginConfig,
+    state: AccountState,
+    lp: LiquidationPolicy,
+    closes: list[Close],
+    fund_locked: dict[tuple[int, str], Decimal],
+    equity: float,
+    mm0: float,
+) -> Plan:
+    """Equity at or below zero (module docstring, step 3). The account owes its realised loss
+    after every close, C - E (C its collateral, E its equity); its collateral pays C less the
+    bonus, the fund the rest (b - E) as far as it can, and ``settle`` credits what was paid,
+    so equity ends at minus what the fund could not cover (the bad debt left on the record)."""
+    account = str(state.report["account"])
+    seizes = _seize(cfg, state, lp, 0.0, lp.bonus, everything=True)
+    collateral = sum(s.value_usd for s in seizes)
+    bonus_usd = sum(s.value_usd * s.bonus / s.amount for s in seizes if s.amount)
+    shortfall = bonus_usd - equity  # what the fund must add for equity to end at zero
+    notes = [f"equity {equity:,.2f} USD: every position closed, all collateral seized"]
+    cover: list[Seize] = []
+    left = Fraction(repr(shortfall))
+    for _, chain, vault, token, column, decimals, price in _collateral(cfg, state, fund_locked):
+        if left <= 0:
+            break
+        have = int(fund_locked[(chain, token)].scaleb(decimals))
+        raw = min(have, math.ceil(left / price * 10**decimals))
+        taken = Fraction(raw, 10**decimals) * price
+        symbol = Representations.from_config(cfg).lookup(chain, token).symbol
+        cover.append(
+            Seize(
+                chain, vault, token, symbol, column, decimals, raw, 0, treasury(cfg, chain),
+                float(taken), lp.insurance_fund,
+            )
+        )  # fmt: skip
+        left -= taken
+    covered = min(sum(s.value_usd for s in cover), shortfall)
+    if left > 0:
+        notes.append(f"the fund covers {covered:,.2f} of {shortfall:,.2f} USD: the rest is bad")
+    paid = collateral - bonus_usd + covered
+    settle = Decimal(repr(paid)).quantize(Decimal(1).scaleb(-18))
+    if closes:
+        first = closes[0]
+        closes[0] = Close(
+            first.chain_id, first.market, first.size_delta, first.notional_usd, settle
+        )
+    else:  # every position closed already: settle on a market that holds the realised loss
+        for chain, market in list(state.positions)[:1]:
+            closes.append(Close(chain, market, Decimal(0), 0.0, settle))
+    return Plan(
+        account,
+        equity,
+        mm0,
+        equity / mm0 if mm0 > 0 else -math.inf,
+        None,
+        lp.target_health,
+        tuple(closes),
+        (*seizes, *cover),
+        0.0,
+        max(shortfall, 0.0),
+        covered,
+        tuple(notes),
+    )
+
+
+def plan_json(p: Plan) -> dict[str, Any]:
+    out = asdict(p)
+    for c in out["closes"]:
+        c["size_delta"], c["settle_usd"] = str(c["size_delta"]), str(c["settle_usd"])
+    for s in out["seizes"]:
+        s["quantity"] = str(Decimal(s["amount"]).scaleb(-s["decimals"]))
+        s["amount"], s["bonus"] = str(s["amount"]), str(s["bonus"])
+    out["notes"] = list(p.notes)
+    return out
+
+
+def sign_plans(
+    cfg: OmnimarginConfig,
+    plans: list[tuple[AccountState, Plan]],
+    store: Store,
+    key: LocalAccount,
+    fund_counters: dict[int, int] | None = None,
+    now: float | None = None,
+    ttl_s: int = 120,
+) -> list[list[dict[str, Any]] | None]:
+    """Every step of every plan reserved in one store transaction and signed: per plan, in
+    order (closes, then seizures), ``{"kind", "chain_id", "reservation_id", "attestation"}``;
+    None for a plan whose account already has a plan outstanding in the store."""
+    wall = int(time.time() if now is None else now)
+    groups: list[tuple[str, list[tuple[str, NewReservation]]]] = []
+    all_steps: list[list[Close | Seize]] = []
+    for state, p in plans:
+        issued, until = wall - state.allowance_s, wall + ttl_s
+        steps: list[Close | Seize] = [*p.closes, *p.seizes]
+        items = []
+        for step in steps:
+            owner = p.account if isinstance(step, Close) else step.account
+            if owner == p.account:
+                counter = state.world.gates[step.chain_id].counters[owner]
+            else:
+                counter = (fund_counters or {})[step.chain_id]
+            if isinstance(step, Close):
+                kind, column, delta = "liquidation", step.market, step.size_delta
+            else:
+                kind, column, delta = "seizure", step.column, -step.quantity
+            items.append(
+                (
+                    owner,
+                    NewReservation(kind, step.chain_id, column, str(delta), issued, until, counter),
+                )
+            )
+        groups.append((p.account, items))
+        all_steps.append(steps)
+    made = store.reserve(groups, exclusive=KINDS)
+    out: list[list[dict[str, Any]] | None] = []
+    for (state, p), (_, items), steps, rows in zip(plans, groups, all_steps, made, strict=True):
+        if rows is None:
+            out.append(None)
+            continue
+        signed = []
+        for (owner, new), step, res in zip(items, steps, rows, strict=True):
+            gate = cfg.chain(step.chain_id).margin_gate
+            assert gate is not None
+            att = _attestation(cfg, step, owner, res, state, p)
+            signed.append(
+                {
+                    "kind": new.kind,
+                    "chain_id": step.chain_id,
+                    "reservation_id": res.id,
+                    "attestation": {
+                        "typed_data": typed_data(att, step.chain_id, gate),
+                        "signature": sign(att, step.chain_id, gate, key),
+                    },
+                }
+            )
+        out.append(signed)
+    return out
+
+
+def _attestation(
+    cfg: OmnimarginConfig,
+    step: Close | Seize,
+    owner: str,
+    res: Reservation,
+    state: AccountState,
+    p: Plan,
+) -> LiquidationAttestation:
+    common: dict[str, Any] = {
+        "account": owner,
+        "equity": int(Decimal(repr(p.equity)) * WAD),
+        "maintenance_margin": int(Decimal(repr(max(p.maintenance_margin, 0.0))) * WAD),
+        "snapshot_hash": bytes.fromhex(state.world.snapshot_hash[2:]),
+        "risk_model_hash": bytes.fromhex(str(state.report["risk_model_hash"])[2:]),
+        "issued_at": res.issued_at,
+        "valid_until": res.valid_until,
+        "nonce": res.nonce,
+        "counter": res.counter,
+    }
+    if isinstance(step, Close):
+        perp = cfg.chain(step.chain_id).perp_market
+        assert perp is not None
+        return LiquidationAttestation(
+            target=perp,
+            asset=market_id(step.market),
+            size_delta=int(step.size_delta * WAD),
+            amount=0,
+            bonus=0,
+            recipient=perp,
+            settle=int(step.settle_usd * WAD),
+            **common,
+        )
+    return LiquidationAttestation(
+        target=step.vault,
+        asset=int(step.token, 16).to_bytes(32, "big"),
+        size_delta=0,
+        amount=step.amount,
+        bonus=step.bonus,
+        recipient=step.recipient,
+        settle=0,
+        **common,
+    )
