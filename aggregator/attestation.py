@@ -14,12 +14,15 @@ variable; it never appears in a log line or an error message.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import coincurve
+from eth_abi import encode
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -121,7 +124,7 @@ class _Signed:
         for _, kind, name in self.FIELDS:
             value = getattr(self, name)
             if kind == "address":
-                object.__setattr__(self, name, checked_account(value, name))
+                object.__setattr__(self, name, _address_field(value, name))
             elif kind == "bytes32" and not (isinstance(value, bytes) and len(value) == 32):
                 raise InputError(name, f"must be 32 bytes, got {value!r}")
             elif kind in _RANGES:
@@ -258,7 +261,7 @@ def typed_data(att: Attestation, chain_id: int, gate: str) -> dict[str, Any]:
             "name": DOMAIN_NAME,
             "version": DOMAIN_VERSION,
             "chainId": chain_id,
-            "verifyingContract": str(to_checksum_address(gate)),
+            "verifyingContract": _checked_address(gate, "verifyingContract"),
         },
         "primaryType": att.PRIMARY,
         "message": message,
@@ -269,17 +272,84 @@ def _signable(att: Attestation, chain_id: int, gate: str) -> SignableMessage:
     return encode_typed_data(full_message=typed_data(att, chain_id, gate))
 
 
-def digest(att: Attestation, chain_id: int, gate: str) -> bytes:
-    """keccak256(0x19 0x01 ‖ domainSeparator ‖ hashStruct(att)): what is signed."""
+def reference_digest(att: Attestation, chain_id: int, gate: str) -> bytes:
+    """The digest by eth-account's general EIP-712 encoder (the reference :func:`digest`
+    is checked against)."""
     m = _signable(att, chain_id, gate)
     return bytes(keccak(b"\x19" + m.version + m.header + m.body))
 
 
+@functools.lru_cache(maxsize=65536)
+def _checked_address(value: str, name: str) -> str:
+    """EIP-55 form of an address field (a keeper signs thousands naming the same few)."""
+    return checked_account(value, name)
+
+
+def _address_field(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(name, f"must be a 0x address string, got {type(value).__name__}")
+    return _checked_address(value, name)
+
+
+@functools.cache
+def _type_hash(primary: str, fields: Fields) -> bytes:
+    listed = ",".join(f"{kind} {name}" for name, kind, _ in fields)
+    return bytes(keccak(text=f"{primary}({listed})"))
+
+
+@functools.cache
+def _domain_separator(chain_id: int, gate: str) -> bytes:
+    typ = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+    return bytes(
+        keccak(
+            encode(
+                ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+                [
+                    keccak(text=typ),
+                    keccak(text=DOMAIN_NAME),
+                    keccak(text=DOMAIN_VERSION),
+                    chain_id,
+                    to_checksum_address(gate),
+                ],
+            )
+        )
+    )
+
+
+def digest(att: Attestation, chain_id: int, gate: str) -> bytes:
+    """keccak256(0x19 0x01 ‖ domainSeparator ‖ hashStruct(att)): what is signed. Encoded
+    directly (every field is a static type, so hashStruct is keccak of the ABI encoding of the
+    type hash and the values), about 10x faster than the general encoder it is tested
+    against (:func:`reference_digest`)."""
+    words = [_type_hash(att.PRIMARY, att.FIELDS)]
+    words += [_word(kind, getattr(att, name)) for _, kind, name in att.FIELDS]
+    struct = keccak(b"".join(words))
+    return bytes(keccak(b"\x19\x01" + _domain_separator(chain_id, gate) + struct))
+
+
+def _word(kind: str, value: Any) -> bytes:
+    """One static ABI word (the values were range-checked when the attestation was made)."""
+    if kind == "bytes32":
+        return bytes(value)
+    if kind == "address":
+        return bytes(12) + bytes.fromhex(value[2:])
+    if kind == "int256":
+        return (int(value) % 2**256).to_bytes(32, "big")
+    return int(value).to_bytes(32, "big")  # uint256, uint64
+
+
+@functools.lru_cache(maxsize=8)
+def _secp256k1(secret: bytes) -> coincurve.PrivateKey:
+    return coincurve.PrivateKey(secret)
+
+
 def sign(att: Attestation, chain_id: int, gate: str, key: LocalAccount | bytes | str) -> str:
-    """The 65-byte signature (r ‖ s ‖ v, v in {27, 28}, low s) as ``0x`` hex."""
+    """The 65-byte signature (r ‖ s ‖ v, v in {27, 28}, low s) as ``0x`` hex: libsecp256k1's
+    deterministic (RFC 6979), low-s signature of :func:`digest`, the same bytes eth-account
+    gives (tested), without its per-call overhead (a keeper signs thousands a round)."""
     account = key if isinstance(key, LocalAccount) else Account.from_key(key)
-    signed = account.sign_message(_signable(att, chain_id, gate))
-    return "0x" + bytes(signed.signature).hex()
+    rsv = _secp256k1(bytes(account.key)).sign_recoverable(digest(att, chain_id, gate), None)
+    return "0x" + rsv[:64].hex() + bytes([27 + rsv[64]]).hex()
 
 
 def recover(att: Attestation, chain_id: int, gate: str, signature: str | bytes) -> str:

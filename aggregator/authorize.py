@@ -191,7 +191,10 @@ class AccountState:
         """The account's P&L in every scenario (M,): kept, or computed now."""
         if self.pnl is not None:
             return self.pnl
-        pnl: np.ndarray = self.scen.returns @ self.exposures
+        # only the columns it is exposed to (a few of the universe's), each contiguous
+        pnl = np.zeros(self.scen.returns.shape[0])
+        for j in np.flatnonzero(self.exposures):
+            pnl += self.exposures[j] * self.scen.column_returns(self.scen.columns[j])
         return pnl
 
 

@@ -34,8 +34,8 @@ def liquidate_command(
     1 not liquidatable now (the reason is printed) or a step reverted, 2 bad input."""
     from aggregator.attestation import load_signer_key
     from aggregator.authorize import fresh_state
-    from aggregator.keeper import liquidate, pending_steps, submit_steps
-    from aggregator.liquidation import liquidation_policy, why_not
+    from aggregator.keeper import due, liquidate, pending_steps, submit_steps
+    from aggregator.liquidation import liquidation_policy
     from aggregator.store import Store
     from chains.config import config_path, load_config
     from chains.errors import ChainError
@@ -53,7 +53,7 @@ def liquidate_command(
         store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
         try:
             state = fresh_state(cfg, store, key, who)
-            reason = why_not(state)
+            reason = due(store, state, lp)
             pending = pending_steps(store, state)
             if reason is None and pending:
                 reason = f"{len(pending)} step(s) of the last plan still outstanding"

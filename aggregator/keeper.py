@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -45,12 +47,33 @@ from chains.revert import revert_reason
 log = logging.getLogger(__name__)
 
 
-def pending_steps(store: Store, state: AccountState) -> list[Reservation]:
-    """The account's liquidation steps still outstanding at the state's pinned blocks."""
+def pending_steps(
+    store: Store, state: AccountState, live: list[Reservation] | None = None
+) -> list[Reservation]:
+    """The account's liquidation steps still outstanding at the state's pinned blocks (from
+    ``live``, its live rows, when the caller read every account's at once)."""
     gates = state.world.gates
-    since = min((g.timestamp for g in gates.values()), default=0)
-    rows = store.live(str(state.report["account"]), since)
-    return [r for r in outstanding(rows, gates) if r.kind in KINDS]
+    if live is None:
+        since = min((g.timestamp for g in gates.values()), default=0)
+        live = store.live(str(state.report["account"]), since)
+    return [r for r in outstanding(live, gates) if r.kind in KINDS]
+
+
+def due(
+    store: Store,
+    state: AccountState,
+    lp: LiquidationPolicy,
+    now: float | None = None,
+    under_way: dict[str, int] | None = None,
+) -> str | None:
+    """Why ``state`` gets no liquidation round now (None when it gets one). A liquidation of
+    the account executed within ``lp.episode_s`` goes on until health reaches the target, not
+    only while it is below MM (``under_way``: the accounts with one, when already read)."""
+    wall = time.time() if now is None else now
+    if under_way is None:
+        under_way = store.last_filled(("liquidation",), int(wall) - lp.episode_s)
+    target = lp.target_health if str(state.report["account"]) in under_way else None
+    return why_not(state, target)
 
 
 def fund_state(
@@ -72,15 +95,27 @@ def liquidate(
 ) -> list[dict[str, Any]]:
     """A signed plan for every liquidatable account of ``states`` that has no plan
     outstanding: ``{"account", "plan", "steps"}`` each (bad debts recorded in the store)."""
-    ready = [s for s in states if why_not(s) is None and not pending_steps(store, s)]
+    wall = time.time() if now is None else now
+    under_way = store.last_filled(("liquidation",), int(wall) - lp.episode_s)
+    since = min((g.timestamp for s in states for g in s.world.gates.values()), default=0)
+    live = store.live_by_account(since)
+    ready = [
+        s
+        for s in states
+        if due(store, s, lp, wall, under_way) is None
+        and not pending_steps(store, s, live.get(str(s.report["account"]), []))
+    ]
     if not ready:
         return []
     fund_locked: dict[tuple[int, str], Decimal] = {}
     fund_counters: dict[int, int] = {}
     if any(float(s.figures.equity) <= 0 for s in ready):
         fund_locked, fund_counters = fund_state(cfg, store, key, lp)
-    plans: list[tuple[AccountState, Plan]] = [(s, plan(cfg, s, lp, fund_locked)) for s in ready]
-    signed = sign_plans(cfg, plans, store, key, fund_counters, now, lp.ttl_s)
+    # NumPy's partitions and the signatures leave the GIL: one thread a core
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        made = list(pool.map(lambda s: plan(cfg, s, lp, fund_locked), ready))
+        plans: list[tuple[AccountState, Plan]] = list(zip(ready, made, strict=True))
+        signed = sign_plans(cfg, plans, store, key, fund_counters, now, lp.ttl_s, pool.map)
     at = int(time.time() if now is None else now)
     out = []
     for (state, p), steps in zip(plans, signed, strict=True):

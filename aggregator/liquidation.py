@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from fractions import Fraction
@@ -50,7 +51,9 @@ from montecarlo.measures import tail_count
 
 WAD = 10**18
 KINDS = ("liquidation", "seizure")
-BISECTIONS = 30  # a cut to 2**-30 of the close factor's size
+CUT_TOLERANCE = 1e-4  # the cut found to this fraction of the close factor's size (up), or
+HEALTH_TOLERANCE = 1e-5  # a cut whose health is within this (relative) above the target
+MAX_STEPS = 60  # regula falsi steps at most (it takes about 6 to 10)
 
 
 class _LiquidationModel(BaseModel):
@@ -63,6 +66,7 @@ class _LiquidationModel(BaseModel):
     keeper: bool = True
     keeper_sender: str | None = None  # an unlocked node account that submits (the devnet's)
     ttl_s: int = Field(120, ge=10, le=3600)
+    episode_s: int = Field(3600, ge=0, le=7 * 86400)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class LiquidationPolicy:
     keeper: bool = True
     keeper_sender: str | None = None
     ttl_s: int = 120
+    episode_s: int = 3600  # a liquidation executed this recently goes on to the target
 
 
 def liquidation_policy(cfg: OmnimarginConfig) -> LiquidationPolicy:
@@ -144,14 +149,18 @@ class Plan:
         return len(self.closes) + len(self.seizes)
 
 
-def why_not(state: AccountState) -> str | None:
-    """Why ``state`` is not to be liquidated now (None when it is)."""
+def why_not(state: AccountState, target: float | None = None) -> str | None:
+    """Why ``state`` is not to be liquidated now (None when it is). With ``target`` (an
+    account whose liquidation is under way), until its health reaches the target: a round
+    held to the close factor may leave it above MM and still short of it."""
     f = state.figures
     if f.status != "ok":
         return f"status {f.status}: nothing is liquidated on stale or missing data"
-    if not f.liquidatable:
-        return f"health {f.health if f.health is not None else 'n/a'}: not below MM"
-    return None
+    if f.liquidatable:
+        return None
+    if target is not None and f.health is not None and f.health < target:
+        return None
+    return f"health {f.health if f.health is not None else 'n/a'}: not below MM"
 
 
 def _mm(pnl: np.ndarray, k: int) -> float:
@@ -166,7 +175,14 @@ def _candidates(loss: np.ndarray, move: np.ndarray, k: int) -> np.ndarray:
     runs on these (a few k) instead of all M."""
     end = loss + move
     low = np.minimum(loss, end)
-    bound = np.partition(low, low.shape[0] - k)[low.shape[0] - k]
+    m = low.shape[0]
+    stride = m // 4096
+    if stride >= 4 and k <= m // 8:  # a threshold from a strided sample, if it is below L
+        sample = np.sort(low[::stride])
+        t = sample[max(len(sample) - 1 - (int(1.25 * k / stride) + 16), 0)]
+        if np.count_nonzero(low >= t) >= k:  # then L >= t: a superset, still exact
+            return np.flatnonzero(np.maximum(loss, end) >= t)
+    bound = np.partition(low, m - k)[m - k]
     return np.flatnonzero(np.maximum(loss, end) >= bound)
 
 
@@ -178,7 +194,7 @@ def plan(
 ) -> Plan:
     """The plan for a liquidatable account (see the module docstring); ``fund_locked`` is the
     insurance fund's collateral per (chain, token), needed only when equity is not positive."""
-    if (reason := why_not(state)) is not None:
+    if (reason := why_not(state, lp.target_health)) is not None:
         raise ValueError(reason)
     f, prices = state.figures, state.world.prices
     equity, mm0 = float(f.equity), f.maintenance_margin
@@ -208,30 +224,54 @@ def plan(
         loss_c, unit_c = -pnl[keep], unit[keep]
         fees_before = notional
 
-        def health_if(q: float) -> float:
-            losses = loss_c + unit_c * q  # noqa: B023 (this position's arrays)
+        def health_if(q: float, loss_c: np.ndarray, unit_c: np.ndarray) -> float:
+            losses = loss_c + unit_c * q
             top_k = np.partition(losses, losses.shape[0] - k)[losses.shape[0] - k :]
             mm = max(float(top_k.mean()), 0.0)
             eq = equity - min(fee_rate * (fees_before + q * price), max(equity, 0.0))  # noqa: B023
             return math.inf if mm <= 0 else eq / mm
 
         cut = most
-        if not insolvent and health_if(top) >= lp.target_health:
+        at_cut = health_if(top, loss_c, unit_c)  # the health at the cut, as it is found
+        f_hi = at_cut - lp.target_health  # Illinois halves these: at_cut stays the true one
+        if not insolvent and f_hi >= 0:
+            # the smallest cut that reaches the target: regula falsi (Illinois) on a bracket
+            # [lo, hi] with health(lo) < target <= health(hi), kept while it shrinks, and the
+            # scenarios that can be in the tail on it shrinking with it
             lo, hi = 0.0, top
-            for _ in range(BISECTIONS):  # the smallest cut that reaches the target
-                mid = (lo + hi) / 2
-                lo, hi = (lo, mid) if health_if(mid) >= lp.target_health else (mid, hi)
+            f_lo = health_if(0.0, loss_c, unit_c) - lp.target_health
+            side = 0
+            for _ in range(MAX_STEPS):
+                if hi - lo <= top * CUT_TOLERANCE or at_cut <= lp.target_health * (
+                    1 + HEALTH_TOLERANCE
+                ):
+                    break
+                sub = _candidates(loss_c + unit_c * lo, unit_c * (hi - lo), k)
+                loss_c, unit_c = loss_c[sub], unit_c[sub]
+                q = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+                q = min(max(q, lo + (hi - lo) * 1e-3), hi - (hi - lo) * 1e-3)
+                f_q = health_if(q, loss_c, unit_c) - lp.target_health
+                if f_q >= 0:
+                    hi, f_hi, at_cut = q, f_q, f_q + lp.target_health
+                    f_lo = f_lo / 2 if side == 1 else f_lo
+                    side = 1
+                else:
+                    lo, f_lo = q, f_q
+                    f_hi = f_hi / 2 if side == -1 else f_hi
+                    side = -1
             cut = min(_round_size(Decimal(repr(hi)), up=True), most)
         closes.append(Close(chain, market, -cut if size > 0 else cut, float(cut) * price))
-        health_after = health_if(float(cut))
+        health_after = at_cut  # the cut rounds hi up by under 1e-18 of a unit
         pnl = pnl - unit * float(cut)
         notional += float(cut) * price
         if not insolvent and health_after >= lp.target_health:
             break
     fees = 0.0 if insolvent else min(fee_rate * notional, max(equity, 0.0))
-    mm_after = _mm(pnl, k)
-    eq_after = equity - fees
-    health_after = None if mm_after <= 0 else eq_after / mm_after
+    if health_after is None:  # nothing to close (a debt alone): health as it is
+        mm_now = _mm(pnl, k)
+        health_after = None if mm_now <= 0 else (equity - fees) / mm_now
+    elif math.isinf(health_after):
+        health_after = None  # no MM left: health is not a number
     if insolvent:
         return _bad_debt_plan(cfg, state, lp, closes, fund_locked or {}, equity, mm0)
     seizes = _seize(cfg, state, lp, fees, lp.bonus / fee_rate if fee_rate else 0.0)
@@ -248,6 +288,17 @@ def plan(
     )
 
 
+_REPS: dict[int, tuple[OmnimarginConfig, Representations]] = {}
+
+
+def _representations(cfg: OmnimarginConfig) -> Representations:
+    """The config's token table, built once per config (a plan asks it for every amount)."""
+    held = _REPS.get(id(cfg))
+    if held is None or held[0] is not cfg:
+        held = _REPS[id(cfg)] = (cfg, Representations.from_config(cfg))
+    return held[1]
+
+
 def _round_size(q: Decimal, up: bool = False) -> Decimal:
     """A size to 18 decimals (the contracts' unit), rounded up or down."""
     return q.quantize(Decimal(1).scaleb(-18), rounding=ROUND_CEILING if up else ROUND_FLOOR)
@@ -258,7 +309,7 @@ def _collateral(
 ) -> list[tuple[float, int, str, str, str, int, Fraction]]:
     """(value, chain, vault, token, column, decimals, price) of each locked amount, largest
     value first; amounts without an ``ok`` collateral price are left alone."""
-    reps = Representations.from_config(cfg)
+    reps = _representations(cfg)
     vaults = {s.chain_id: s.address for s in cfg.sources if s.kind is SourceKind.VAULT}
     out = []
     for (chain, token), qty in locked.items():
@@ -286,7 +337,7 @@ def _seize(
     ``everything``, for the treasury: a bad debt's collateral pays its loss), the bonus share
     to the submitter and the rest to the fund."""
     account = str(state.report["account"])
-    reps = Representations.from_config(cfg)
+    reps = _representations(cfg)
     out: list[Seize] = []
     left = Fraction(repr(usd)) if not everything else None
     for _value, chain, vault, token, column, decimals, price in _collateral(
@@ -347,7 +398,7 @@ def _bad_debt_plan(
         have = int(fund_locked[(chain, token)].scaleb(decimals))
         raw = min(have, math.ceil(left / price * 10**decimals))
         taken = Fraction(raw, 10**decimals) * price
-        symbol = Representations.from_config(cfg).lookup(chain, token).symbol
+        symbol = _representations(cfg).lookup(chain, token).symbol
         cover.append(
             Seize(
                 chain, vault, token, symbol, column, decimals, raw, 0, treasury(cfg, chain),
@@ -403,6 +454,7 @@ def sign_plans(
     fund_counters: dict[int, int] | None = None,
     now: float | None = None,
     ttl_s: int = 120,
+    mapper: Callable[..., Iterable[Any]] = map,
 ) -> list[list[dict[str, Any]] | None]:
     """Every step of every plan reserved in one store transaction and signed: per plan, in
     order (closes, then seizures), ``{"kind", "chain_id", "reservation_id", "attestation"}``;
@@ -433,11 +485,11 @@ def sign_plans(
         groups.append((p.account, items))
         all_steps.append(steps)
     made = store.reserve(groups, exclusive=KINDS)
-    out: list[list[dict[str, Any]] | None] = []
-    for (state, p), (_, items), steps, rows in zip(plans, groups, all_steps, made, strict=True):
+
+    def signed_plan(i: int) -> list[dict[str, Any]] | None:
+        (state, p), (_, items), steps, rows = plans[i], groups[i], all_steps[i], made[i]
         if rows is None:
-            out.append(None)
-            continue
+            return None
         signed = []
         for (owner, new), step, res in zip(items, steps, rows, strict=True):
             gate = cfg.chain(step.chain_id).margin_gate
@@ -454,8 +506,9 @@ def sign_plans(
                     },
                 }
             )
-        out.append(signed)
-    return out
+        return signed
+
+    return list(mapper(signed_plan, range(len(plans))))
 
 
 def _attestation(

@@ -290,6 +290,18 @@ class Store:
         keys = ("id", "account", "recorded_at", "shortfall_usd", "covered_usd", "uncovered_usd")
         return [{**dict(zip(keys, r[:6], strict=True)), "snapshot_hash": r[6]} for r in rows]
 
+    def last_filled(self, kinds: tuple[str, ...], since: int = 0) -> dict[str, int]:
+        """Per account, when (issued_at) its latest executed row of one of ``kinds`` issued at
+        or after ``since`` was signed (one query for every account)."""
+        marks = ",".join("?" * len(kinds))
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT account, MAX(issued_at) FROM reservations WHERE state = 'filled'"
+                f" AND kind IN ({marks}) AND issued_at >= ? GROUP BY account",
+                (*kinds, since),
+            ).fetchall()
+        return {str(a): int(t) for a, t in rows}
+
     def reserve(
         self,
         groups: list[tuple[str, list[tuple[str, NewReservation]]]],

@@ -8,6 +8,7 @@ concurrently; the rest of the margin path is plain functions of a :class:`World`
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -49,7 +50,7 @@ class World:
             return (f"chain {snap.name} ({chain_id}): {snap.sequencer.reason}",)
         return ()
 
-    @property
+    @functools.cached_property
     def snapshot_hash(self) -> str:
         """keccak256 over (chainId, blockNumber, blockHash) of every chain read, by chain id."""
         packed = b"".join(

@@ -8,6 +8,7 @@ suggests a checksummed form: for a mistyped digit that would be a different acco
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated
 
@@ -28,11 +29,17 @@ def checksummed(field: str, text: str) -> str:
         raise AddressError(field, f"not an address: a {type(text).__name__}, not a string")
     if not _ADDRESS.fullmatch(text):
         raise AddressError(field, f"not an address (0x and 40 hex digits): {text[:60]!r}")
+    out = _eip55(text)
     digits = text[2:]
-    out = str(to_checksum_address(text))
     if digits not in (digits.lower(), digits.upper()) and text != out:
         raise AddressError(field, BAD_CHECKSUM)
     return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _eip55(text: str) -> str:
+    """The EIP-55 spelling (a keccak each: cached, the same few thousand addresses recur)."""
+    return str(to_checksum_address(text))
 
 
 def _validate(value: str) -> str:
