@@ -39,8 +39,15 @@ demo: install
 	@echo "== authorise a 3 ETH perp on devnet-arb (chain 31337002) and open it there with the attestation"
 	$(OM) authorize --account $(DEMO_ACCOUNT) --chain-id 31337002 --market ETH --size-delta 3 --config .omnimargin/config.toml --save .omnimargin/authorization.json
 	$(OM) devnet submit .omnimargin/authorization.json --dir .omnimargin
-	@echo "== margin again, with the position in it"
+	@echo "== margin again, with the position in it (only vault balances back it: wallets are exposure)"
 	$(OM) margin $(DEMO_ACCOUNT) --config .omnimargin/config.toml
+	@echo "== withdraw 1,000 USDC from the vault on devnet-base: approved by the margin, released by the vault"
+	$(OM) withdraw --account $(DEMO_ACCOUNT) --chain-id 31337003 --token USDC --amount 1000 --config .omnimargin/config.toml --save .omnimargin/withdrawal.json
+	$(OM) devnet submit .omnimargin/withdrawal.json --dir .omnimargin
+	@echo "== lever up, shock ETH -40% on every chain, liquidate round by round (the keeper's path)"
+	$(OM) devnet liquidation-demo --dir .omnimargin
+	$(OM) margin $(DEMO_ACCOUNT) --config .omnimargin/config.toml
+	$(OM) fund --config .omnimargin/config.toml
 	$(OM) report $(DEMO_ACCOUNT) --out report.html --config .omnimargin/config.toml
 	$(OM) risk --portfolio examples/portfolio.json --scenarios 200000 --alpha 0.99
 	@echo

@@ -325,6 +325,24 @@ def submit(
     )
 
 
+@devnet_app.command(name="liquidation-demo")
+def liquidation_demo(directory: DirOption = DEFAULT_DIR) -> None:
+    """Lever the demo account up, shock ETH -40 % on every chain, and liquidate it round by
+    round (as the keeper does) until its health is back at the target; prints every step."""
+    from aggregator.demo_liquidation import run
+    from chains.config import load_config
+
+    try:
+        config = load_config(directory / "config.toml")
+        store = Path(config.store_path) if config.store_path else directory / "state.sqlite"
+        result = run(config, store, lambda line: out_console.print(line, highlight=False))
+    except (AggregatorError, ChainError) as exc:
+        _fail(str(exc))
+        return
+    if not result["rounds"]:
+        _fail("liquidation demo: the shock left nothing to liquidate")
+
+
 def _reverted(chain_id: int, reason: str, block: int | None = None) -> NoReturn:
     where = f"chain {chain_id}" + (f" (block {block})" if block is not None else "")
     err_console.print(

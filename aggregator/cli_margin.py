@@ -90,12 +90,17 @@ def print_margin(r: dict[str, Any]) -> None:
     head.add_row(f"VaR / ES {r['alpha']}", f"{r['var']:,.2f} / {r['es']:,.2f}")
     out_console.print(head)
     lines = Table(title="Holdings and positions")
-    for col in ("chain", "asset", "column", "quantity", "source"):
+    for col in ("chain", "asset", "column", "quantity", "source", "backs margin"):
         lines.add_column(col)
     for p in r["positions"]:
         src = p["source"] + (" (in flight)" if p["in_flight"] else "")
-        lines.add_row(str(p["chain_id"]), p["asset"], p["column"], p["quantity"], src)
+        backs = "yes" if p["locked"] else "no"
+        lines.add_row(str(p["chain_id"]), p["asset"], p["column"], p["quantity"], src, backs)
     out_console.print(lines)
+    out_console.print(
+        f"collateral locked {r['collateral_locked_usd']:,.2f} USD (backs margin); holdings "
+        f"unlocked {r['holdings_unlocked_usd']:,.2f} USD (exposure only: they can leave)"
+    )
     parts = Table(title="ES contribution")
     parts.add_column("by")
     parts.add_column("USD", justify="right")

@@ -197,7 +197,18 @@ def report(
         policy, _ = policy_of(cfg)
         world = asyncio.run(read_world(cfg, [who], tolerance=policy.price_tolerance))
         state = account_state(cfg, world, who)
-        html = render_report(state)
+        path = config_path(config)
+        store_file = Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite")
+        history: list[Any] = []
+        if store_file.exists():
+            from aggregator.store import Store
+
+            store = Store(store_file)
+            try:
+                history = store.reservations(who)
+            finally:
+                store.close()
+        html = render_report(state, history)
         try:
             out.write_text(html)
         except OSError as exc:

@@ -3,6 +3,7 @@ external files: the charts are inline SVG), for a desk to mail around."""
 
 from __future__ import annotations
 
+import time
 from html import escape
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from aggregator.authorize import AccountState
 from aggregator.charts import contributions_svg, loss_distribution_svg
+from aggregator.store import Reservation
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }
@@ -57,17 +59,58 @@ def _positions(r: dict[str, Any]) -> str:
                 p["column"],
                 str(p["chain_id"] if p["chain_id"] is not None else "off-chain"),
                 p["source"] + (" (in flight)" if p["in_flight"] else ""),
+                "yes" if p.get("locked") else "no: exposure only",
                 str(p.get("block", "")),
                 str(where),
                 p["quantity"],
             ]
         )
-    head = ["kind", "asset", "risk column", "chain", "source", "block", "contract", "quantity"]
-    return _table(head, rows, left=7)
+    head = [
+        "kind",
+        "asset",
+        "risk column",
+        "chain",
+        "source",
+        "backs margin",
+        "block",
+        "contract",
+        "quantity",
+    ]
+    return _table(head, rows, left=8)
 
 
-def render_report(state: AccountState) -> str:
-    """The HTML report of one account's margin state."""
+_KIND = {
+    "position": "position approved",
+    "withdrawal": "withdrawal approved",
+    "liquidation": "liquidation: close",
+    "seizure": "liquidation: collateral seized",
+}
+
+
+def _history(rows: list[Reservation]) -> str:
+    """Every approval and liquidation step of the account, oldest first, with its fate."""
+    if not rows:
+        return "<p>none</p>"
+    out = []
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.issued_at))
+        seen = f" at block {r.seen_block}" if r.seen_block is not None else ""
+        out.append(
+            [
+                when,
+                _KIND.get(r.kind, r.kind),
+                str(r.chain_id),
+                r.market,
+                r.size_delta,
+                r.state + seen,
+            ]
+        )
+    return _table(["signed (UTC)", "what", "chain", "market / column", "change", "state"], out, 4)
+
+
+def render_report(state: AccountState, history: list[Reservation] | None = None) -> str:
+    """The HTML report of one account's margin state (and, from the store, every approval
+    and liquidation step signed for it)."""
     r = state.report
     losses = np.asarray(-(state.scen.returns @ state.exposures))
     charts = [
@@ -102,7 +145,10 @@ def render_report(state: AccountState) -> str:
 <h2>Loss distribution</h2><div class="chart">{charts[0]}</div>
 <h2>Risk contributions</h2><div class="chart">{charts[1]}</div><div class="chart">{charts[2]}</div>
 {parts}
-<h2>Holdings and positions</h2>{_positions(r)}
+<h2>Holdings and positions</h2>
+<p>collateral locked (backs margin) {_usd(r.get("collateral_locked_usd"))} USD; holdings
+unlocked (exposure only) {_usd(r.get("holdings_unlocked_usd"))} USD</p>{_positions(r)}
+<h2>Approvals and liquidation steps</h2>{_history(history or [])}
 <h2>Snapshot</h2>{snapshot}
 <p>snapshot hash <code>{escape(r["snapshot_hash"])}</code><br>
 risk model hash <code>{escape(r["risk_model_hash"])}</code></p>
