@@ -257,11 +257,20 @@ class Keeper:
     def refresh_fund(self) -> dict[str, Any]:
         """Read the insurance fund now (kept for ``GET /v1/fund`` and ``/metrics``)."""
         report = fund_report(self.cfg, self.store, self.lp)
+        report["read_at"] = time.time()
         with self._lock:
             self.fund = report
         if self.on_fund is not None:
             self.on_fund(report)
         return report
+
+    def fund_now(self, max_age_s: float) -> dict[str, Any]:
+        """The fund report read at most ``max_age_s`` ago (read again if older)."""
+        with self._lock:
+            kept = self.fund
+        if kept is not None and time.time() - float(kept["read_at"]) <= max_age_s:
+            return kept
+        return self.refresh_fund()
 
     def rounds(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -413,8 +413,9 @@ def _routes(app: FastAPI) -> None:
     async def fund(svc: Svc) -> dict[str, Any]:
         """The insurance fund read now: its collateral in every vault, valued, and every bad
         debt on record (covered by the fund, or not)."""
-        if svc.keeper is not None:
-            return await asyncio.to_thread(svc.keeper.refresh_fund)
+        if svc.keeper is not None:  # read at most an epoch ago (the dashboard polls it)
+            age = max(svc.settings.epoch_interval_s, 1.0)
+            return await asyncio.to_thread(svc.keeper.fund_now, age)
         lp = liquidation_policy(svc.cfg)
         return await asyncio.to_thread(fund_report, svc.cfg, svc.store, lp)
 

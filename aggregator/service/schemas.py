@@ -246,8 +246,12 @@ class AccountSummary(_Out):
     account: Address
     equity: float
     initial_margin: float
+    maintenance_margin: float
     free_margin: float
     health: float | None
+    liquidatable: bool | None = Field(description="equity < MM; null (never false) when unknown")
+    collateral_locked_usd: float = Field(description="what backs margin (vaults)")
+    holdings_unlocked_usd: float = Field(description="exposure only (wallets, shares held)")
     status: Literal["ok", "degraded", "unknown"]
 
 

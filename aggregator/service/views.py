@@ -150,8 +150,12 @@ def accounts_body(epoch: Epoch, info: dict[str, Any], reserved: dict[str, float]
                 account=a,
                 equity=r["equity"],
                 initial_margin=r["initial_margin"],
+                maintenance_margin=r["maintenance_margin"],
                 free_margin=r["equity"] - r["initial_margin"] - reserved.get(a, 0.0),
                 health=r["health"],
+                liquidatable=r["liquidatable"],
+                collateral_locked_usd=r["collateral_locked_usd"],
+                holdings_unlocked_usd=r["holdings_unlocked_usd"],
                 status=r["status"],
             )
         )

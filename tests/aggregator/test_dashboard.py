@@ -58,6 +58,12 @@ def test_dashboard_renders_its_charts_without_console_errors(
                 ".chart svg", "els => els.map(e => e.getBoundingClientRect().width)"
             )
             meta = page.inner_text("#meta")
+            page.wait_for_function(
+                "document.getElementById('fund').textContent.includes('insurance fund')",
+                timeout=60_000,
+            )
+            fund = page.inner_text("#fund")
+            account_row = page.locator(f"#accounts tr:has-text('{ACCOUNT}')").inner_text()
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         finally:
             browser.close()
@@ -66,6 +72,10 @@ def test_dashboard_renders_its_charts_without_console_errors(
     assert "VaR" in loss_svg and "ES" in loss_svg  # the legend of the VaR and ES lines
     assert len(sizes) == 3 and all(w > 200 for w in sizes)
     assert re.search(r"epoch \d+", meta)
+    # the insurance fund (the devnet's 50,000 USDC) and the locked / unlocked split of the row
+    assert re.search(r"insurance fund 0x[0-9a-fA-F]{40}: \d{2},\d{3}", fund), fund
+    assert "bad debt" in fund
+    assert account_row.count("\t") >= 9 and "\tno\t" in account_row  # not liquidatable
     assert (tmp_path / "dashboard.png").stat().st_size > 20_000
 
 
@@ -94,6 +104,7 @@ def test_report_is_one_self_contained_html_file(service: Server, tmp_path: Path)
         "#" + i for i in re.findall(r'id="([^"]+)"', html)
     }  # only the SVGs' own clip paths
     assert re.search(r"snapshot hash <code>0x[0-9a-f]{64}</code>", html)
+    assert "Approvals and liquidation steps" in html and "backs margin" in html
     bad = subprocess.run(
         [
             omnimargin_binary(),
