@@ -5,7 +5,9 @@ Counting rules (the point of this module):
 * every balance of a snapshot (wallet, collateral vault, ERC-4626 vault) counts once, as the
   representation of its token on its chain; the same balance read twice (two sources naming one
   wallet token) counts once;
-* every transfer in flight counts once, for its recipient, as the destination token's
+* every transfer in flight counts once, for its recipient (its depositor when it is minted into
+  a CollateralVault, whose bridge hook credits the depositor: then it is locked), as the
+  destination token's
   representation, marked ``in_flight`` and with the bridge carrying it (``via``): its amount is
   burnt on the source and not yet minted on the destination at the pinned blocks;
 * snapshots and in-flight reads must come from the same pinned blocks (checked): a transfer read
@@ -170,7 +172,7 @@ def _transfer_holding(t: InflightTransfer, rep: Representation) -> Holding:
             f"on chain {t.dest_chain} has {rep.decimals}"
         )
     return Holding(
-        t.recipient,
+        t.beneficiary,
         rep.asset,
         rep.name,
         t.amount,
@@ -184,6 +186,7 @@ def _transfer_holding(t: InflightTransfer, rep: Representation) -> Holding:
         via=t.bridge,
         transfer=t,
         flags=t.flags,
+        locked=t.into_vault,
     )
 
 

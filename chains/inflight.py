@@ -49,7 +49,7 @@ from chains.errors import ChainError, ConfigError, InconsistentChain
 from chains.multicall import MAX_IN_FLIGHT, Call, aggregate3, selector, word_uint
 from chains.reader import PinnedBlock
 from chains.rpc import ChainClient, as_bytes, as_hash, as_int
-from chains.types import Address, BlockNumber, ChainId
+from chains.types import Address, BlockNumber, ChainId, SourceKind
 
 DEPOSIT_FOR_BURN = (
     "0x"
@@ -85,6 +85,15 @@ class InflightTransfer:
     tx_hash: str
     dest_unreadable: bool = False
     expired: bool = False
+    # minted to the destination's CollateralVault, whose bridge hook credits the depositor:
+    # it is the depositor's, and locked (it backs margin) from the burn on
+    into_vault: bool = False
+
+    @property
+    def beneficiary(self) -> Address:
+        """Whose the amount is: the depositor's when it goes into a vault, else the
+        recipient's."""
+        return self.depositor if self.into_vault else self.recipient
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -281,10 +290,12 @@ def _transfers(
     """Burns towards configured chains, for watched recipients (or with ``by_depositor``,
     watched depositors), as transfers (not yet checked)."""
     chain_of = {domain: ChainId(cid) for cid, domain in bridge.domains.items()}
+    vaults = vaults_of(config)
     out = []
     for b in burns:
         recipient, dest = _recipient(b.mint_recipient), chain_of.get(b.dest_domain)
-        who = b.depositor if by_depositor else recipient
+        into_vault = dest is not None and recipient is not None and recipient == vaults.get(dest)
+        who = b.depositor if by_depositor or into_vault else recipient
         if recipient is None or (accounts is not None and who not in accounts):
             continue
         if dest is None:
@@ -313,9 +324,20 @@ def _transfers(
                 BlockNumber(b.block),
                 b.timestamp or 0,
                 b.tx_hash,
+                into_vault=into_vault,
             )
         )
     return out
+
+
+def vaults_of(config: OmnimarginConfig) -> dict[ChainId, Address]:
+    """Each chain's CollateralVault (its ``vault`` source): a transfer minted to it is credited
+    to its depositor by the vault's bridge hook."""
+    return {
+        ChainId(s.chain_id): Address(to_checksum_address(s.address))
+        for s in config.sources
+        if s.kind is SourceKind.VAULT and s.address is not None
+    }
 
 
 async def _nonces_used(
@@ -401,7 +423,17 @@ async def read_inflight(
 
     async def source(c: ChainId) -> list[_Burn]:
         burns = await _scan_source(b, c, pinned[c], clients[c])
-        mine = [x for x in burns if watched is None or _recipient(x.mint_recipient) in watched]
+        vault_addresses = set(vaults_of(config).values())
+
+        def watched_burn(x: _Burn) -> bool:
+            to = _recipient(x.mint_recipient)
+            return (
+                watched is None
+                or to in watched
+                or (to in vault_addresses and x.depositor in watched)
+            )
+
+        mine = [x for x in burns if watched_burn(x)]
         return await _timestamps(mine, clients[c])
 
     scans = await asyncio.gather(*(source(c) for c in readable), return_exceptions=True)
