@@ -29,13 +29,15 @@ CCTP_DOMAINS = (0, 3, 6)  # Circle's domains of Ethereum, Arbitrum and Base
 @dataclass(frozen=True)
 class InflightSeed:
     """Demo account ``account`` burns ``amount`` of ``token`` on chain index ``source`` towards
-    chain index ``dest``; nobody relays it."""
+    chain index ``dest`` (into its CollateralVault, or to the account's wallet); nobody relays
+    it."""
 
     account: int
     source: int
     dest: int
     token: str
     amount: Decimal
+    into_vault: bool = True  # minted into the destination's CollateralVault (locked collateral)
 
 
 INFLIGHT_SEEDS = (InflightSeed(1, 0, 2, BRIDGED_TOKEN, Decimal(2000)),)
@@ -94,6 +96,13 @@ async def _link(dep: Deployment, deps: list[Deployment], deployer: str) -> None:
             await send(w3, bridge.functions.set_remote(domain, remote), deployer, f"link {where}")
             pair = bridge.functions.set_token_pair(local, domain, other.contracts[BRIDGED_TOKEN])
             await send(w3, pair, deployer, f"pair {BRIDGED_TOKEN} {where}")
+        # mints into the chain's CollateralVault are deposits of their depositor
+        vault_address = dep.contracts["CollateralVault"]
+        hook = bridge.functions.set_hook(vault_address, True)
+        await send(w3, hook, deployer, f"{dep.node.name}: the vault hears of mints to it")
+        vault = contract_at(w3, "CollateralVault", vault_address)
+        link = vault.functions.set_bridge(dep.contracts[BRIDGE_CONTRACT])
+        await send(w3, link, deployer, f"{dep.node.name}: the vault trusts its bridge")
 
 
 async def _burn(
@@ -111,7 +120,8 @@ async def _burn(
         await send(w3, token.functions.mint(who, raw), deployer, f"{what}: mint")
         approve = token.functions.approve(bridge_address, MAX_UINT256)
         await send(w3, approve, who, f"{what}: approve")
+        to = dest.contracts["CollateralVault"] if seed.into_vault else who
         call = bridge.functions.depositForBurn(
-            raw, cctp_domain(dest.index), recipient_word(who), source.contracts[seed.token]
+            raw, cctp_domain(dest.index), recipient_word(to), source.contracts[seed.token]
         )
         await send(w3, call, who, f"{what}: depositForBurn")

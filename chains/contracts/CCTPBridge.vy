@@ -14,9 +14,15 @@
           `receiveMessage`, and `attestation` must be empty. Real CCTP checks attester signatures
           over keccak256(message) and lets anyone relay.
         - No burn limits, pausing or rescuing; destinationCaller is always zero.
+        - A mint to a registered hook (a CollateralVault) calls its `on_bridged(token, amount,
+          depositor)`, as CCTP v2's hooks let a recipient act on a mint: the vault credits
+          the depositor, so a transfer into a vault is locked collateral from the burn on.
         - usedNonces is keyed by keccak256(abi.encodePacked(uint32 sourceDomain, uint64 nonce)),
           exactly as CCTP v1's MessageTransmitter.
 """
+
+interface DepositHook:
+    def on_bridged(_token: address, _amount: uint256, _depositor: address): nonpayable
 
 interface MintBurnToken:
     def transferFrom(_from: address, _to: address, _value: uint256) -> bool: nonpayable
@@ -77,6 +83,8 @@ remoteTokenMessengers: public(HashMap[uint32, bytes32])
 # keccak256(abi.encodePacked(remoteDomain, remoteToken)) -> local token (as TokenMinter)
 remoteTokensToLocalTokens: public(HashMap[bytes32, address])
 burnable: public(HashMap[address, bool])
+# mint recipients told of what they receive and for whom (as a CCTP v2 hook): collateral vaults
+hooks: public(HashMap[address, bool])
 
 
 @deploy
@@ -117,6 +125,13 @@ def set_remote(_domain: uint32, _remote_bridge: address):
     assert _domain != self.localDomain, "bridge: own domain"
     self.remoteTokenMessengers[_domain] = self._to_bytes32(_remote_bridge)
     log RemoteTokenMessengerAdded(domain=_domain, tokenMessenger=self._to_bytes32(_remote_bridge))
+
+
+@external
+def set_hook(_recipient: address, _on: bool):
+    """@notice Tell `_recipient` (a CollateralVault) of every mint to it, with the depositor."""
+    assert msg.sender == self.owner, "bridge: only owner"
+    self.hooks[_recipient] = _on
 
 
 @external
@@ -204,6 +219,9 @@ def receiveMessage(message: Bytes[MESSAGE_LEN], attestation: Bytes[65]) -> bool:
     ]
     assert local != empty(address), "Mint token not supported"
     extcall MintBurnToken(local).mint(recipient, amount)
+    if self.hooks[recipient]:  # the depositor is the message's messageSender
+        depositor: address = self._to_address(extract32(message, BODY_INDEX + 100))
+        extcall DepositHook(recipient).on_bridged(local, amount, depositor)
     log MessageReceived(
         caller=msg.sender,
         sourceDomain=source,

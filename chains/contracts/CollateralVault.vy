@@ -95,6 +95,9 @@ event Seized:
     recipient: address
     liquidator: indexed(address)
 
+event BridgeSet:
+    bridge: indexed(address)
+
 event GateSet:
     gate: indexed(address)
 
@@ -103,6 +106,7 @@ MAX_BATCH: constant(uint256) = 1000
 
 owner: public(address)
 gate: public(address)
+bridge: public(address)  # the burn/mint bridge whose mints to this vault it credits
 withdrawal_delay: public(uint256)
 # account -> token -> amount locked
 collateral: public(HashMap[address, HashMap[address, uint256]])
@@ -126,6 +130,25 @@ def set_gate(_gate: address):
     assert _gate != empty(address), "vault: zero gate"
     self.gate = _gate
     log GateSet(gate=_gate)
+
+
+@external
+def set_bridge(_bridge: address):
+    """@notice The bridge whose mints to this vault are deposits of their depositor."""
+    assert msg.sender == self.owner, "vault: only owner"
+    self.bridge = _bridge
+    log BridgeSet(bridge=_bridge)
+
+
+@external
+def on_bridged(_token: address, _amount: uint256, _depositor: address):
+    """@notice The bridge minted `_amount` of `_token` here for `_depositor`: it is their
+    collateral (only the bridge may say so; the tokens are already here)."""
+    assert msg.sender == self.bridge and msg.sender != empty(address), "vault: only the bridge"
+    assert _depositor != empty(address), "vault: zero depositor"
+    self.collateral[_depositor][_token] += _amount
+    self.total_locked[_token] += _amount
+    log Deposit(account=_depositor, token=_token, amount=_amount)
 
 
 @external

@@ -127,7 +127,12 @@ def test_native_bridged_and_in_flight_usdc_each_count_once(net: OmnimarginConfig
         ("erc4626", True),
         ("erc20_wallet", False),
     }
-    assert not flight.locked and not bridged.locked
+    # the seeded transfer is minted into BASE's vault, whose bridge hook credits its depositor:
+    # a1's, and locked from the burn on; USDC.e in a wallet is not
+    vault = _devnet_contract(net, BASE, "CollateralVault")
+    assert flight.transfer is not None and flight.transfer.recipient == vault
+    assert flight.transfer.into_vault and flight.account == a1 and flight.locked
+    assert not bridged.locked
 
     expected = quantity(native_raw + USDC_E + SEEDED, 6)
     assert mine.total("USDC") == expected
@@ -181,7 +186,8 @@ def test_relay_moves_the_transfer_into_the_destination_balance(net: OmnimarginCo
     native_before = _native_usdc_on_base(net, a1, _block(snaps, BASE))
 
     (done,) = asyncio.run(relay(net, "cctp"))
-    assert (done.nonce, done.amount, done.recipient) == (0, SEEDED, a1)
+    vault = _devnet_contract(net, BASE, "CollateralVault")
+    assert (done.nonce, done.amount, done.recipient) == (0, SEEDED, vault)
     assert asyncio.run(relay(net, "cctp")) == []  # nothing left to relay
 
     snaps2, read2 = read_world(net)

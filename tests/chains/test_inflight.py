@@ -139,7 +139,10 @@ def test_seeded_transfer_is_in_flight_for_account_1_as_usdc_on_base(own: Omnimar
     (t,) = result.transfers
     account1 = own.accounts[0]
     assert (t.source_chain, t.dest_chain, t.source_domain) == (ETH, BASE, 0)
-    assert (t.recipient, t.depositor) == (account1, account1)
+    # minted into BASE's CollateralVault, for its depositor (the vault's bridge hook credits it)
+    (vault,) = [s.address for s in own.sources_on(BASE) if s.kind.value == "vault"]
+    assert (t.recipient, t.depositor, t.beneficiary) == (vault, account1, account1)
+    assert t.into_vault
     assert (t.amount, t.decimals) == (SEEDED, 6)
     assert t.burn_token == _token(own, ETH, "USDC")
     assert t.dest_token == _token(own, BASE, "USDC")
@@ -154,6 +157,7 @@ def test_seeded_transfer_is_in_flight_for_account_1_as_usdc_on_base(own: Omnimar
 
 
 def test_only_watched_recipients(own: OmnimarginConfig) -> None:
+    """Watched by whose it is: the recipient, or the depositor of a transfer into a vault."""
     assert read(own, accounts=[own.accounts[1]])[0].transfers == ()
     assert len(read(own, accounts=[own.accounts[0].lower()])[0].transfers) == 1
 
