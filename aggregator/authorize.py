@@ -144,13 +144,14 @@ Positions = dict[tuple[int, str], Decimal]  # (chain id, market) -> size in unit
 Locked = dict[tuple[int, str], Decimal]  # (chain id, token) -> units locked in its vault
 
 
-def locked_of(world: World, account: str) -> Locked:
+def locked_of(world: World, account: str, source: str = "vault") -> Locked:
     """What ``account`` holds in each chain's CollateralVault, per token (what a withdrawal
-    can take), at the pinned blocks."""
+    can take), at the pinned blocks; with ``source="vault_pending"``, what its escape hatch
+    holds there (no longer collateral, still seizable)."""
     out: Locked = {}
     holdings = world.holdings.get(account)
     for h in holdings.holdings if holdings else ():
-        if h.locked and h.source == "vault":
+        if h.source == source and (h.locked or source != "vault"):
             key = (int(h.chain_id), str(h.token))
             out[key] = out.get(key, Decimal(0)) + Decimal(h.amount).scaleb(-h.decimals)
     return out
@@ -186,6 +187,7 @@ class AccountState:
     allowance_s: int = 30
     locked: Locked = field(default_factory=dict)
     no_risk: bool = False
+    pending: Locked = field(default_factory=dict)  # in the vaults' escape hatches
 
     def scenario_pnl(self) -> np.ndarray:
         """The account's P&L in every scenario (M,): kept, or computed now."""
@@ -227,6 +229,7 @@ def account_state(cfg: OmnimarginConfig, world: World, account: str) -> AccountS
         allowance_s=clock_allowance(cfg),
         locked=locked_of(world, account),
         no_risk=bears_no_risk(pf, world),
+        pending=locked_of(world, account, "vault_pending"),
     )
 
 

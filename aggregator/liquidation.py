@@ -332,27 +332,35 @@ def _seize(
     usd: float,
     bonus_share: float,
     everything: bool = False,
+    amounts: dict[tuple[int, str], Decimal] | None = None,
+    to_treasury: bool = False,
 ) -> list[Seize]:
-    """Vault steps taking ``usd`` of the account's locked collateral (all of it with
+    """Vault steps taking ``usd`` of the account's locked collateral and escape-hatch
+    requests (all of them with
     ``everything``, for the treasury: a bad debt's collateral pays its loss), the bonus share
     to the submitter and the rest to the fund."""
     account = str(state.report["account"])
     reps = _representations(cfg)
     out: list[Seize] = []
     left = Fraction(repr(usd)) if not everything else None
-    for _value, chain, vault, token, column, decimals, price in _collateral(
-        cfg, state, state.locked
-    ):
+    # the vault takes from the collateral, then from an escape-hatch request: both seizable
+    seizable = amounts
+    if seizable is None:
+        seizable = {
+            key: state.locked.get(key, Decimal(0)) + state.pending.get(key, Decimal(0))
+            for key in {*state.locked, *state.pending}
+        }
+    for _value, chain, vault, token, column, decimals, price in _collateral(cfg, state, seizable):
         if left is not None and left <= 0:
             break
-        have = int(state.locked[(chain, token)].scaleb(decimals))
+        have = int(seizable[(chain, token)].scaleb(decimals))
         raw = have if left is None else min(have, math.ceil(left / price * 10**decimals))
         if raw <= 0:
             continue
         taken = Fraction(raw, 10**decimals) * price
         bonus = int(raw * bonus_share)
         symbol = reps.lookup(chain, token).symbol
-        to = treasury(cfg, chain) if everything else lp.insurance_fund
+        to = treasury(cfg, chain) if everything or to_treasury else lp.insurance_fund
         out.append(
             Seize(
                 chain, vault, token, symbol, column, decimals, raw, bonus, to, float(taken),
@@ -385,10 +393,15 @@ def _bad_debt_plan(
     bonus, the fund the rest (b - E) as far as it can, and ``settle`` credits what was paid,
     so equity ends at minus what the fund could not cover (the bad debt left on the record)."""
     account = str(state.report["account"])
-    seizes = _seize(cfg, state, lp, 0.0, lp.bonus, everything=True)
-    collateral = sum(s.value_usd for s in seizes)
+    seizes = _seize(cfg, state, lp, 0.0, lp.bonus, everything=True, amounts=state.locked)
     bonus_usd = sum(s.value_usd * s.bonus / s.amount for s in seizes if s.amount)
     shortfall = bonus_usd - equity  # what the fund must add for equity to end at zero
+    # an escape-hatch request (no longer in equity) pays what it can before the fund does
+    if state.pending and shortfall > 0:
+        hatch = _seize(cfg, state, lp, shortfall, 0.0, amounts=state.pending, to_treasury=True)
+        seizes += hatch
+        shortfall -= sum(s.value_usd for s in hatch)
+    collateral = sum(s.value_usd for s in seizes)
     notes = [f"equity {equity:,.2f} USD: every position closed, all collateral seized"]
     cover: list[Seize] = []
     left = Fraction(repr(shortfall))
@@ -406,7 +419,7 @@ def _bad_debt_plan(
             )
         )  # fmt: skip
         left -= taken
-    covered = min(sum(s.value_usd for s in cover), shortfall)
+    covered = max(min(sum(s.value_usd for s in cover), shortfall), 0.0)
     if left > 0:
         notes.append(f"the fund covers {covered:,.2f} of {shortfall:,.2f} USD: the rest is bad")
     paid = collateral - bonus_usd + covered

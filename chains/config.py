@@ -141,6 +141,8 @@ class SourceConfig(_Strict):
             raise ValueError(f"a {self.kind.value} source needs address")
         if self.kind is SourceKind.ERC4626 and (self.tokens is None or len(self.tokens) != 1):
             raise ValueError("an erc4626 source needs tokens = [its underlying asset]")
+        if self.kind is SourceKind.VAULT_PENDING:
+            raise ValueError("vault_pending is read from a vault source, not configured")
         if self.locked_in is not None and self.kind is not SourceKind.ERC4626:
             raise ValueError("locked_in is for erc4626 sources (shares locked in a vault)")
         return self

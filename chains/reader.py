@@ -52,6 +52,7 @@ ROUND = ["uint80", "int256", "uint256", "uint256", "uint80"]
 DECIMALS = selector("decimals()")
 BALANCE_OF = selector("balanceOf(address)")
 COLLATERAL = selector("collateral(address,address)")
+PENDING = selector("pending(address,address)")  # CollateralVault's escape hatch: (amount, at)
 LATEST_ROUND = selector("latestRoundData()")
 POSITION = selector("position(address,bytes32)")  # PerpMarket: size, entry, realised P&L
 
@@ -72,7 +73,8 @@ class PinnedBlock:
 class _Read:
     """One planned sub-call and what to do with its answer."""
 
-    kind: str  # "balance" | "shares" | "decimals" | "feed" | "feed_decimals" | "sequencer"
+    kind: str  # "balance" | "shares" | "pending" | "decimals" | "feed" | "feed_decimals" |
+    #           "sequencer"
     #           | "position" (``feed`` then names the market's asset)
     call: Call
     account: str = ""
@@ -82,6 +84,7 @@ class _Read:
 
 
 _uint = word_uint
+_AMOUNTS = ("balance", "shares", "pending")  # reads of an amount an account holds
 
 
 class ChainReader:
@@ -216,6 +219,8 @@ class ChainReader:
                         assert src.address is not None
                         data = COLLATERAL + words[account] + address_word(tok.address)
                         call = Call(src.address, data)
+                        data = PENDING + words[account] + address_word(tok.address)
+                        reads.append(_Read("pending", Call(src.address, data), account, tok, src))
                     else:
                         call = Call(tok.address, BALANCE_OF + words[account])
                     reads.append(_Read("balance", call, account, tok, src))
@@ -286,7 +291,11 @@ class ChainReader:
         pending: list[tuple[_Read, int]] = []
         failed: dict[str, int] = {}
         for r, res in zip(reads, results, strict=True):
-            if r.kind not in ("balance", "shares") or r.token is None or r.source is None:
+            if (
+                r.kind not in ("balance", "shares", "pending")
+                or r.token is None
+                or r.source is None
+            ):
                 continue
             where = r.source.locked_in or r.source.address or r.token.address
             if not res.ok:
@@ -300,13 +309,15 @@ class ChainReader:
             if r.kind == "shares":
                 pending.append((r, amount))
             else:
-                out.append(self._balance(r, amount))
+                out.append(self._balance(r, amount, escape_hatch=r.kind == "pending"))
         errors.extend(
             f"{n} reads from {addr} failed (reverted or empty)" for addr, n in failed.items()
         )
         return out, pending
 
-    def _balance(self, r: _Read, amount: int, shares: int | None = None) -> Balance:
+    def _balance(
+        self, r: _Read, amount: int, shares: int | None = None, escape_hatch: bool = False
+    ) -> Balance:
         assert r.token is not None and r.source is not None
         src_addr = Address(r.source.address) if r.source.address else None
         return Balance(
@@ -315,10 +326,10 @@ class ChainReader:
             r.token.symbol,
             amount,
             r.token.decimals,
-            r.source.kind,
+            SourceKind.VAULT_PENDING if escape_hatch else r.source.kind,
             src_addr,
             shares,
-            r.source.locked,
+            r.source.locked and not escape_hatch,
         )
 
     async def _erc4626_assets(

@@ -37,6 +37,9 @@ class SourceKind(StrEnum):
     VAULT = "vault"
     ERC20_WALLET = "erc20_wallet"
     ERC4626 = "erc4626"
+    # read, never configured: what a vault's escape hatch holds for an account (requested,
+    # not yet released: no longer collateral, still seizable by a liquidation)
+    VAULT_PENDING = "vault_pending"
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ class AccountResult:
     positions: Positions  # perp sizes per (chain id, market)
     locked: Locked  # units in each vault per (chain id, token): what a withdrawal can take
     no_risk: bool  # no perp line, no debt, every chain read
+    pending: Locked  # in the vaults' escape hatches per (chain id, token): seizable
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def compute_accounts(
             perp_sizes(world, name),
             locked_of(world, name),
             bears_no_risk(pf, world),
+            locked_of(world, name, "vault_pending"),
         )
     return out
 
@@ -484,6 +486,7 @@ class EpochRunner:
                 allowance_s=allowance,
                 locked=r.locked,
                 no_risk=r.no_risk,
+                pending=r.pending,
             )
             for a, r in result.accounts.items()
         }

@@ -211,3 +211,35 @@ def test_policy_errors_name_the_field(net: Net) -> None:
 def test_nothing_outstanding_after_execution(net: Net) -> None:
     for account in net.pool[: net.taken]:
         assert pending_steps(net.store, net.state(account)) == []
+
+
+def test_an_escape_hatch_request_still_pays_for_a_loss(net: Net) -> None:
+    """All the collateral requested out through the escape hatch (no longer in equity), then
+    ETH down: the account is under water, and the loss is seized from the request before the
+    fund pays anything; what is left of the request is released after the delay."""
+    account = net.account()
+    net.shock("0")
+    size = _size_for(net, account, health=1.5, move=-0.1)
+    net.open(account, size)
+    vault = net.chains.contract(A, "CollateralVault")
+    usdc = net.chains.token(A, "USDC").address
+    request = vault.functions.request_withdrawal(usdc, FUNDING * USDC)
+    assert net.chains.send(A, request, account) == ""
+    net.shock("-10")
+    state = net.state(account)
+    assert state.pending[(A, usdc)] == FUNDING and (A, usdc) not in state.locked
+    assert float(state.figures.equity) < 0 and state.figures.status == "ok"
+    fund_before = net.usdc(A, DEVNET_FUND)
+    (r,) = liquidate(net.cfg, net.store, net.key, net.lp, [state])
+    p = r["plan"]
+    hatch = [s for s in p["seizes"] if s["account"] == account]
+    assert hatch and p["fund_cover_usd"] == 0  # the request pays: the fund does not
+    assert sum(float(s["value_usd"]) for s in hatch) == pytest.approx(-p["equity"], rel=1e-3)
+    results = submit_steps(net.cfg, r["steps"], net.liquidator)
+    assert all(x["executed"] for x in results), results
+    after = net.state(account)
+    assert float(after.figures.equity) == pytest.approx(0, abs=1.0)
+    assert net.usdc(A, DEVNET_FUND) == fund_before
+    left = vault.functions.pending(account, usdc).call()[0]
+    assert left == FUNDING * USDC - sum(int(s["amount"]) for s in hatch)
+    net.shock("0")
