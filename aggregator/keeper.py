@@ -32,6 +32,7 @@ from aggregator.liquidation import (
     KINDS,
     LiquidationPolicy,
     Plan,
+    less_withdrawals,
     plan,
     plan_json,
     sign_plans,
@@ -76,6 +77,14 @@ def due(
     return why_not(state, target)
 
 
+def outstanding_withdrawals(
+    state: AccountState, live: dict[str, list[Reservation]]
+) -> list[Reservation]:
+    """The account's withdrawals still outstanding at the state's pinned blocks."""
+    rows = live.get(str(state.report["account"]), [])
+    return [r for r in outstanding(rows, state.world.gates) if r.kind == "withdrawal"]
+
+
 def fund_state(
     cfg: OmnimarginConfig, store: Store, key: LocalAccount, lp: LiquidationPolicy
 ) -> tuple[dict[tuple[int, str], Decimal], dict[int, int]]:
@@ -100,7 +109,7 @@ def liquidate(
     since = min((g.timestamp for s in states for g in s.world.gates.values()), default=0)
     live = store.live_by_account(since)
     ready = [
-        s
+        less_withdrawals(cfg, s, outstanding_withdrawals(s, live))
         for s in states
         if due(store, s, lp, wall, under_way) is None
         and not pending_steps(store, s, live.get(str(s.report["account"]), []))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from fractions import Fraction
 from typing import Any
@@ -65,7 +65,7 @@ class _LiquidationModel(BaseModel):
     insurance_fund: str = DEVNET_FUND
     keeper: bool = True
     keeper_sender: str | None = None  # an unlocked node account that submits (the devnet's)
-    ttl_s: int = Field(120, ge=10, le=3600)
+    ttl_s: int = Field(60, ge=10, le=3600)
     episode_s: int = Field(3600, ge=0, le=7 * 86400)
 
 
@@ -80,7 +80,7 @@ class LiquidationPolicy:
     insurance_fund: str = DEVNET_FUND
     keeper: bool = True
     keeper_sender: str | None = None
-    ttl_s: int = 120
+    ttl_s: int = 60  # a step not executed by then is dead: the next epoch plans again
     episode_s: int = 3600  # a liquidation executed this recently goes on to the target
 
 
@@ -370,6 +370,30 @@ def _seize(
         if left is not None:
             left -= taken
     return out
+
+
+def less_withdrawals(
+    cfg: OmnimarginConfig, state: AccountState, withdrawals: list[Reservation]
+) -> AccountState:
+    """``state`` with its locked collateral less the withdrawals of it still outstanding: any of
+    them may execute before a seizure does (which would then revert), so a plan seizes only
+    what stays locked whatever they do."""
+    if not withdrawals:
+        return state
+    out = dict(state.locked)
+    for (chain, token), qty in state.locked.items():
+        rep = _representations(cfg).lookup(chain, token)
+        column = risk_column(rep.asset, [] if rep.name == "native" else [rep.name])
+        going = sum(
+            (
+                -Decimal(r.size_delta)
+                for r in withdrawals
+                if (r.kind, r.chain_id, r.market) == ("withdrawal", chain, column)
+            ),
+            Decimal(0),
+        )
+        out[(chain, token)] = max(qty - going, Decimal(0))
+    return replace(state, locked=out)
 
 
 def treasury(cfg: OmnimarginConfig, chain_id: int) -> str:

@@ -43,6 +43,7 @@ class Net:
         self.lp = liquidation_policy(self.cfg)
         self.liquidator = self.chains.w3[A].eth.accounts[6]
         self.taken = 0
+        self.eth0 = self.eth_price()
 
     def account(self) -> str:
         self.taken += 1
@@ -59,7 +60,18 @@ class Net:
         assert self.chains.submit(d) == ""
 
     def shock(self, pct: str) -> None:
+        """ETH moves by ``pct`` % from where it is (shocks compound)."""
         asyncio.run(shock(self.cfg, "ETH", Decimal(pct)))
+
+    def eth_price(self) -> Decimal:
+        price = self.state(self.pool[0]).world.prices["ETH"].price
+        assert price is not None
+        return Decimal(price.numerator) / Decimal(price.denominator)
+
+    def restore(self) -> None:
+        """ETH back at the price the module started with."""
+        now = self.eth_price()
+        asyncio.run(shock(self.cfg, "ETH", (self.eth0 / now - 1) * 100))
 
     def usdc(self, chain: int, who: str, vault: bool = True) -> int:
         token = self.chains.token(chain, "USDC")
@@ -94,7 +106,7 @@ def _size_for(net: Net, account: str, health: float, move: float) -> Decimal:
 
 def test_a_shock_makes_an_account_liquidatable_and_rounds_restore_its_health(net: Net) -> None:
     account = net.account()
-    net.shock("0")
+    net.restore()
     size = _size_for(net, account, health=0.8, move=-0.4)
     net.open(account, size)
     assert net.state(account).figures.liquidatable is False
@@ -139,12 +151,12 @@ def test_a_shock_makes_an_account_liquidatable_and_rounds_restore_its_health(net
     # bonus and penalty are equal shares of the fee by default: the fund and the liquidator
     # get about the same
     assert abs(fees - bonus) <= 2 * rounds, (fees, bonus)
-    net.shock("0")
+    net.restore()
 
 
 def test_an_account_under_water_is_closed_seized_and_its_bad_debt_covered(net: Net) -> None:
     account = net.account()
-    net.shock("0")
+    net.restore()
     size = _size_for(net, account, health=-0.5, move=-0.5)  # equity < 0 after the move
     net.open(account, size)
     net.shock("-50")
@@ -175,7 +187,7 @@ def test_an_account_under_water_is_closed_seized_and_its_bad_debt_covered(net: N
         rel=1e-9,
     )
     assert report["total_usd"] < DEVNET_FUND_USDC
-    net.shock("0")
+    net.restore()
 
 
 def test_the_cli_liquidate_and_fund(net: Net) -> None:
@@ -218,7 +230,7 @@ def test_an_escape_hatch_request_still_pays_for_a_loss(net: Net) -> None:
     ETH down: the account is under water, and the loss is seized from the request before the
     fund pays anything; what is left of the request is released after the delay."""
     account = net.account()
-    net.shock("0")
+    net.restore()
     size = _size_for(net, account, health=1.5, move=-0.1)
     net.open(account, size)
     vault = net.chains.contract(A, "CollateralVault")
@@ -242,4 +254,35 @@ def test_an_escape_hatch_request_still_pays_for_a_loss(net: Net) -> None:
     assert net.usdc(A, DEVNET_FUND) == fund_before
     left = vault.functions.pending(account, usdc).call()[0]
     assert left == FUNDING * USDC - sum(int(s["amount"]) for s in hatch)
-    net.shock("0")
+    net.restore()
+
+
+def test_a_plan_leaves_alone_what_an_outstanding_withdrawal_may_take(net: Net) -> None:
+    """A withdrawal approved before the shock and not yet executed: the plan seizes only what
+    stays locked whatever it does, so its steps execute even after the withdrawal does."""
+    from aggregator.withdraw import withdraw, withdrawal_request
+
+    account = net.account()
+    net.restore()
+    size = _size_for(net, account, health=0.8, move=-0.4)
+    net.open(account, size)
+    state = net.state(account)
+    free = float(state.figures.equity) - state.figures.initial_margin
+    amount = str(int(free * 0.9))
+    out = withdraw(
+        net.cfg, withdrawal_request(net.cfg, account, A, "USDC", amount), net.store, net.key
+    )
+    assert out["approved"], out["reason"]
+    for _ in range(25):  # down 3 % at a time until below MM, still solvent
+        net.shock("-3")
+        state = net.state(account)
+        if state.figures.liquidatable:
+            break
+    assert state.figures.liquidatable and float(state.figures.equity) > 0
+    (r,) = liquidate(net.cfg, net.store, net.key, net.lp, [state])
+    seized = sum(int(s["amount"]) for s in r["plan"]["seizes"] if s["account"] == account)
+    assert seized <= (FUNDING - int(amount)) * USDC
+    assert net.chains.submit(out) == ""  # the withdrawal goes first
+    results = submit_steps(net.cfg, r["steps"], net.liquidator)
+    assert all(x["executed"] for x in results), results
+    net.restore()
