@@ -52,7 +52,8 @@ ROUND = ["uint80", "int256", "uint256", "uint256", "uint80"]
 DECIMALS = selector("decimals()")
 BALANCE_OF = selector("balanceOf(address)")
 COLLATERAL = selector("collateral(address,address)")
-PENDING = selector("pending(address,address)")  # CollateralVault's escape hatch: (amount, at)
+# CollateralVault: (collateral, escape-hatch request) in one call
+HELD = selector("held(address,address)")
 LATEST_ROUND = selector("latestRoundData()")
 POSITION = selector("position(address,bytes32)")  # PerpMarket: size, entry, realised P&L
 
@@ -73,7 +74,7 @@ class PinnedBlock:
 class _Read:
     """One planned sub-call and what to do with its answer."""
 
-    kind: str  # "balance" | "shares" | "pending" | "decimals" | "feed" | "feed_decimals" |
+    kind: str  # "balance" | "shares" | "held" | "decimals" | "feed" | "feed_decimals" |
     #           "sequencer"
     #           | "position" (``feed`` then names the market's asset)
     call: Call
@@ -84,7 +85,7 @@ class _Read:
 
 
 _uint = word_uint
-_AMOUNTS = ("balance", "shares", "pending")  # reads of an amount an account holds
+_AMOUNTS = ("balance", "shares", "held")  # reads of an amount an account holds
 
 
 class ChainReader:
@@ -217,10 +218,9 @@ class ChainReader:
                 for tok in chosen:
                     if src.kind is SourceKind.VAULT:
                         assert src.address is not None
-                        data = COLLATERAL + words[account] + address_word(tok.address)
-                        call = Call(src.address, data)
-                        data = PENDING + words[account] + address_word(tok.address)
-                        reads.append(_Read("pending", Call(src.address, data), account, tok, src))
+                        data = HELD + words[account] + address_word(tok.address)
+                        reads.append(_Read("held", Call(src.address, data), account, tok, src))
+                        continue
                     else:
                         call = Call(tok.address, BALANCE_OF + words[account])
                     reads.append(_Read("balance", call, account, tok, src))
@@ -291,11 +291,7 @@ class ChainReader:
         pending: list[tuple[_Read, int]] = []
         failed: dict[str, int] = {}
         for r, res in zip(reads, results, strict=True):
-            if (
-                r.kind not in ("balance", "shares", "pending")
-                or r.token is None
-                or r.source is None
-            ):
+            if r.kind not in _AMOUNTS or r.token is None or r.source is None:
                 continue
             where = r.source.locked_in or r.source.address or r.token.address
             if not res.ok:
@@ -303,13 +299,20 @@ class ChainReader:
                 continue
             if r.token.address in bad:
                 continue
+            if r.kind == "held":  # a vault: its collateral, and its escape-hatch request
+                locked, requested = _uint(res.data), word_uint(res.data[32:])
+                if locked:
+                    out.append(self._balance(r, locked))
+                if requested:
+                    out.append(self._balance(r, requested, escape_hatch=True))
+                continue
             amount = _uint(res.data)
             if amount == 0:
                 continue
             if r.kind == "shares":
                 pending.append((r, amount))
             else:
-                out.append(self._balance(r, amount, escape_hatch=r.kind == "pending"))
+                out.append(self._balance(r, amount))
         errors.extend(
             f"{n} reads from {addr} failed (reverted or empty)" for addr, n in failed.items()
         )

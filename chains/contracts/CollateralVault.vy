@@ -123,6 +123,14 @@ def __init__(_withdrawal_delay: uint256):
 
 
 @external
+@view
+def held(_account: address, _token: address) -> (uint256, uint256):
+    """@notice (collateral, amount requested through the escape hatch) of `_account` in
+    `_token`: what a reader needs in one call."""
+    return self.collateral[_account][_token], self.pending[_account][_token].amount
+
+
+@external
 def set_gate(_gate: address):
     """@notice The MarginGate that checks withdrawals: set once, by the owner."""
     assert msg.sender == self.owner, "vault: only owner"
