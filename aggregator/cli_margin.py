@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,10 +131,8 @@ def authorize_command(
 
     Exit status: 0 approved, 1 refused (the reason is printed), 2 bad input or missing data.
     """
-    from aggregator.attestation import load_signer_key
     from aggregator.authorize import Request, authorize, parse_size
     from aggregator.inputs import parse_decimal
-    from aggregator.store import Store
     from chains.config import config_path, load_config
     from chains.errors import ChainError
     from montecarlo import MonteCarloError
@@ -144,26 +143,16 @@ def authorize_command(
         who = checksum(account)
         parse_decimal("size_delta", size_delta)  # ASCII [+-]digits[.digits] only
         req = Request(who, chain_id, market, parse_size(size_delta))
-        key = load_signer_key(cfg.signer)
-        store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
-        try:
-            decision = authorize(cfg, req, store, key)
-        finally:
-            store.close()
+        decision = _with_store(cfg, path, lambda store, key: authorize(cfg, req, store, key))
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         _fail(str(exc))
         return
-    if save is not None:
-        try:
-            save.write_text(json.dumps(decision, indent=1))
-        except OSError as exc:
-            _fail(f"save: cannot write {save} ({exc.strerror})")
-    if as_json:
-        typer.echo(json.dumps(decision))
-    else:
-        print_decision(decision, market, size_delta, chain_id, req.account)
-    if not decision["approved"]:
-        raise typer.Exit(EXIT_REFUSED)
+    _answer(
+        decision,
+        save,
+        as_json,
+        lambda: print_decision(decision, market, size_delta, chain_id, req.account),
+    )
 
 
 def withdraw_command(
@@ -188,8 +177,6 @@ def withdraw_command(
     gone. Exit status: 0 approved, 1 refused (the reason is printed), 2 bad input or missing
     data.
     """
-    from aggregator.attestation import load_signer_key
-    from aggregator.store import Store
     from aggregator.withdraw import withdraw, withdrawal_request
     from chains.config import config_path, load_config
     from chains.errors import ChainError
@@ -199,15 +186,39 @@ def withdraw_command(
         path = config_path(config)
         cfg = load_config(path)
         req = withdrawal_request(cfg, account, chain_id, token, amount, to)
-        key = load_signer_key(cfg.signer)
-        store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
-        try:
-            decision = withdraw(cfg, req, store, key)
-        finally:
-            store.close()
+        decision = _with_store(cfg, path, lambda store, key: withdraw(cfg, req, store, key))
     except (AggregatorError, ChainError, MonteCarloError) as exc:
         _fail(str(exc))
         return
+    what = f"withdrawal of {decision['amount']} {decision['symbol']}"
+    _answer(
+        decision,
+        save,
+        as_json,
+        lambda: print_decision(decision, what, f"to {req.recipient}", chain_id, req.account),
+    )
+
+
+def _with_store(
+    cfg: Any, path: Path, decide: Callable[[Any, Any], dict[str, Any]]
+) -> dict[str, Any]:
+    """``decide(store, key)`` with the config's store (beside the config unless set) and the
+    signer key; the store is closed whatever happens."""
+    from aggregator.attestation import load_signer_key
+    from aggregator.store import Store
+
+    key = load_signer_key(cfg.signer)
+    store = Store(Path(cfg.store_path) if cfg.store_path else path.with_name("state.sqlite"))
+    try:
+        return decide(store, key)
+    finally:
+        store.close()
+
+
+def _answer(
+    decision: dict[str, Any], save: Path | None, as_json: bool, show: Callable[[], None]
+) -> None:
+    """Write the decision (``--save``), print it (JSON or ``show``), exit 1 if refused."""
     if save is not None:
         try:
             save.write_text(json.dumps(decision, indent=1))
@@ -216,8 +227,7 @@ def withdraw_command(
     if as_json:
         typer.echo(json.dumps(decision))
     else:
-        what = f"withdrawal of {decision['amount']} {decision['symbol']}"
-        print_decision(decision, what, f"to {req.recipient}", chain_id, req.account)
+        show()
     if not decision["approved"]:
         raise typer.Exit(EXIT_REFUSED)
 

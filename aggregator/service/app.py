@@ -348,29 +348,11 @@ def _routes(app: FastAPI) -> None:
         tags=["margin"],
     )
     async def authorizations(
-        svc: Svc,
-        body: AuthorizationRequest,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                pattern=r"^[\x21-\x7e]{1,128}$",
-                description="Same key and body within the attestation's lifetime: the same "
-                "answer; the same key with another body: 409.",
-            ),
-        ] = None,
+        svc: Svc, body: AuthorizationRequest, idempotency_key: IdempotencyKey = None
     ) -> Authorization | JSONResponse:
-        # NumPy and the durable SQLite write off the event loop, a few threads at a time
-        # (more threads than cores only fight over the GIL)
-        epoch = epoch_of(svc)
-        # the epoch was read before this request: a reorg since must not be signed over, and
-        # the target chain's clock must agree with the wall clock that times the attestation
-        allowance = clock_allowance(svc.cfg)
-        known = any(c.chain_id == body.chain_id for c in svc.cfg.chains)  # else a 400 below
-        target = body.chain_id if known else None
-        reorged = await svc.canonical.reasons(epoch.world, target, allowance)
-        return await anyio.to_thread.run_sync(
-            _authorize, svc, body, epoch, reorged, idempotency_key, limiter=svc.limiter
-        )
+        """Approve a position change (a signed MarginAttestation) only if every subset of the
+        account's outstanding approvals and this one fits its equity."""
+        return await _decided(svc, body, idempotency_key)
 
     @app.post(
         "/v1/withdrawals",
@@ -380,27 +362,11 @@ def _routes(app: FastAPI) -> None:
         tags=["margin"],
     )
     async def withdrawals(
-        svc: Svc,
-        body: WithdrawalRequest,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                pattern=r"^[\x21-\x7e]{1,128}$",
-                description="Same key and body within the attestation's lifetime: the same "
-                "answer; the same key with another body: 409.",
-            ),
-        ] = None,
+        svc: Svc, body: WithdrawalRequest, idempotency_key: IdempotencyKey = None
     ) -> Authorization | JSONResponse:
         """Approve taking collateral out of a CollateralVault (a signed WithdrawalAttestation)
         only if every outstanding approval of the account stays covered without it."""
-        epoch = epoch_of(svc)
-        allowance = clock_allowance(svc.cfg)
-        known = any(c.chain_id == body.chain_id for c in svc.cfg.chains)
-        target = body.chain_id if known else None
-        reorged = await svc.canonical.reasons(epoch.world, target, allowance)
-        return await anyio.to_thread.run_sync(
-            _authorize, svc, body, epoch, reorged, idempotency_key, limiter=svc.limiter
-        )
+        return await _decided(svc, body, idempotency_key)
 
     @app.get("/v1/liquidations", dependencies=[Depends(read_key)], tags=["margin"])
     async def liquidations(svc: Svc) -> dict[str, Any]:
@@ -448,6 +414,36 @@ def _routes(app: FastAPI) -> None:
             views.run_risk_body, text, scenarios, alpha, horizon_days, seed, svc.executor
         )
         return RiskReport.model_validate(report)
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=r"^[\x21-\x7e]{1,128}$",
+        description="Same key and body within the attestation's lifetime: the same answer; "
+        "the same key with another body: 409.",
+    ),
+]
+
+
+async def _decided(
+    svc: Service,
+    body: AuthorizationRequest | WithdrawalRequest,
+    idempotency_key: str | None,
+) -> Authorization | JSONResponse:
+    """A position's or a withdrawal's decision on the current epoch. The epoch was read
+    before this request: a reorg since must not be signed over, and the target chain's clock
+    must agree with the wall clock that times the attestation. NumPy and the durable SQLite
+    write run off the event loop, a few threads at a time (more threads than cores only fight
+    over the GIL)."""
+    epoch = epoch_of(svc)
+    allowance = clock_allowance(svc.cfg)
+    known = any(c.chain_id == body.chain_id for c in svc.cfg.chains)  # else a 400 below
+    target = body.chain_id if known else None
+    reorged = await svc.canonical.reasons(epoch.world, target, allowance)
+    return await anyio.to_thread.run_sync(
+        _authorize, svc, body, epoch, reorged, idempotency_key, limiter=svc.limiter
+    )
 
 
 def _info(svc: Service, epoch: Epoch) -> dict[str, Any]:
