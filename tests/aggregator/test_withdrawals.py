@@ -270,5 +270,14 @@ def test_the_cli_withdraw_shares_the_servers_store_and_exits_0_1_2(net: Net) -> 
     assert bad.returncode == 2 and "token" in bad.stderr and "Traceback" not in bad.stderr
     decimals = run("--token", "USDC", "--amount", "1.0000001")
     assert decimals.returncode == 2 and "amount" in decimals.stderr
+    # the API names the field too, and never answers with a traceback
+    with net.server.client(headers=net.server.auth) as c:
+        for body, field in (
+            ({"token": "DOGE", "amount": "1"}, "token"),
+            ({"token": "USDC", "amount": "1e3"}, "amount"),
+            ({"token": "USDC", "amount": "1", "recipient": "0x12"}, "recipient"),
+        ):
+            r = c.post("/v1/withdrawals", json={"account": account, "chain_id": A, **body})
+            assert r.status_code in (400, 422) and field in r.json()["error"], r.text
     assert net.chains.submit(d) == ""
     assert net.wallet(net.pool[-1]) == 19_000 * USDC
