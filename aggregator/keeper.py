@@ -123,7 +123,9 @@ def liquidate(
     # NumPy's partitions and the signatures leave the GIL: one thread a core
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         made = list(pool.map(lambda s: plan(cfg, s, lp, fund_locked), ready))
-        plans: list[tuple[AccountState, Plan]] = list(zip(ready, made, strict=True))
+        plans: list[tuple[AccountState, Plan]] = [
+            (s, p) for s, p in zip(ready, made, strict=True) if p.steps
+        ]
         signed = sign_plans(cfg, plans, store, key, fund_counters, now, lp.ttl_s, pool.map)
     at = int(time.time() if now is None else now)
     out = []

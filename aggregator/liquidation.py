@@ -149,6 +149,15 @@ class Plan:
         return len(self.closes) + len(self.seizes)
 
 
+def has_work(state: AccountState) -> bool:
+    """Whether a liquidation can do anything: a position to close, or collateral (locked or
+    requested out) to seize. An account under water with neither has had its bad debt
+    recorded: planning it again would only record it again."""
+    return any(size != 0 for size in state.positions.values()) or any(
+        q > 0 for q in (*state.locked.values(), *state.pending.values())
+    )
+
+
 def why_not(state: AccountState, target: float | None = None) -> str | None:
     """Why ``state`` is not to be liquidated now (None when it is). With ``target`` (an
     account whose liquidation is under way), until its health reaches the target: a round
@@ -156,6 +165,8 @@ def why_not(state: AccountState, target: float | None = None) -> str | None:
     f = state.figures
     if f.status != "ok":
         return f"status {f.status}: nothing is liquidated on stale or missing data"
+    if not has_work(state):
+        return "nothing left to close or seize (a bad debt, if any, is on record)"
     if f.liquidatable:
         return None
     if target is not None and f.health is not None and f.health < target:
@@ -210,13 +221,18 @@ def plan(
     positions.sort(key=lambda p: (-f.by_asset.get(p[1], 0.0), -abs(float(p[2])) * p[3]))
     fee_rate = lp.bonus + lp.penalty
     insolvent = equity <= 0
+    # closing everything cannot bring health to the target (what is left needs more MM than
+    # its equity: a realised loss against risky collateral): close everything at once rather
+    # than halve the positions for ever, and pay the loss out of the collateral (``flat``)
+    flat = not insolvent and _unreachable(state, positions, pnl, k, equity, fee_rate, lp)
     closes: list[Close] = []
     notional = 0.0
     health_after: float | None = None
     for chain, market, size, price in positions:
         r = state.scen.column_returns(market)
         sign = 1.0 if size > 0 else -1.0
-        most = abs(size) if insolvent else _round_size(abs(size) * Decimal(repr(lp.close_factor)))
+        full = insolvent or flat
+        most = abs(size) if full else _round_size(abs(size) * Decimal(repr(lp.close_factor)))
 
         unit = r * (sign * price)  # P&L per unit closed is -unit (M,)
         top = float(most)
@@ -234,7 +250,7 @@ def plan(
         cut = most
         at_cut = health_if(top, loss_c, unit_c)  # the health at the cut, as it is found
         f_hi = at_cut - lp.target_health  # Illinois halves these: at_cut stays the true one
-        if not insolvent and f_hi >= 0:
+        if not full and f_hi >= 0:
             # the smallest cut that reaches the target: regula falsi (Illinois) on a bracket
             # [lo, hi] with health(lo) < target <= health(hi), kept while it shrinks, and the
             # scenarios that can be in the tail on it shrinking with it
@@ -264,7 +280,7 @@ def plan(
         health_after = at_cut  # the cut rounds hi up by under 1e-18 of a unit
         pnl = pnl - unit * float(cut)
         notional += float(cut) * price
-        if not insolvent and health_after >= lp.target_health:
+        if not full and health_after >= lp.target_health:
             break
     fees = 0.0 if insolvent else min(fee_rate * notional, max(equity, 0.0))
     if health_after is None:  # nothing to close (a debt alone): health as it is
@@ -275,6 +291,12 @@ def plan(
     if insolvent:
         return _bad_debt_plan(cfg, state, lp, closes, fund_locked or {}, equity, mm0)
     seizes = _seize(cfg, state, lp, fees, lp.bonus / fee_rate if fee_rate else 0.0)
+    notes: tuple[str, ...] = ()
+    if flat:
+        closes, paid = _settle_loss(cfg, state, lp, closes, seizes, equity)
+        seizes += paid
+        health_after = None  # flat, its loss paid: only collateral is left
+        notes = ("the target cannot be reached by closing: everything closed, the loss paid",)
     return Plan(
         account,
         equity,
@@ -285,7 +307,56 @@ def plan(
         tuple(closes),
         tuple(seizes),
         fees,
+        notes=notes,
     )
+
+
+def _unreachable(
+    state: AccountState,
+    positions: list[tuple[int, str, Decimal, float]],
+    pnl: np.ndarray,
+    k: int,
+    equity: float,
+    fee_rate: float,
+    lp: LiquidationPolicy,
+) -> bool:
+    """Whether even closing every position leaves health below the target."""
+    if not positions:
+        return False
+    flat = pnl.copy()
+    notional = 0.0
+    for _, market, size, price in positions:
+        flat -= state.scen.column_returns(market) * (float(size) * price)
+        notional += abs(float(size)) * price
+    mm = _mm(flat, k)
+    left = equity - min(fee_rate * notional, max(equity, 0.0))
+    return mm > 0 and left / mm < lp.target_health
+
+
+def _settle_loss(
+    cfg: OmnimarginConfig,
+    state: AccountState,
+    lp: LiquidationPolicy,
+    closes: list[Close],
+    fees: list[Seize],
+    equity: float,
+) -> tuple[list[Close], list[Seize]]:
+    """Every position closed: its realised loss, C - E (C the locked collateral's value, E the
+    equity), seized from the collateral the fees left for the treasury and credited
+    (``settle``) on the first close. What is left is the account's, owing nothing."""
+    loss = float(state.report.get("collateral_locked_usd", 0.0)) - equity
+    if loss <= 0 or not closes:
+        return closes, []
+    left = {
+        key: state.locked.get(key, Decimal(0)) + state.pending.get(key, Decimal(0))
+        for key in {*state.locked, *state.pending}
+    }
+    for s in fees:
+        left[(s.chain_id, s.token)] -= s.quantity
+    paid = _seize(cfg, state, lp, loss, 0.0, amounts=left, to_treasury=True)
+    value = sum(s.value_usd for s in paid)
+    settle = Decimal(repr(value)).quantize(Decimal(1).scaleb(-18))
+    return [replace(closes[0], settle_usd=settle), *closes[1:]], paid
 
 
 _REPS: dict[int, tuple[OmnimarginConfig, Representations]] = {}
@@ -453,7 +524,7 @@ def _bad_debt_plan(
         closes[0] = Close(
             first.chain_id, first.market, first.size_delta, first.notional_usd, settle
         )
-    else:  # every position closed already: settle on a market that holds the realised loss
+    elif settle != 0:  # every position closed already: settle on a market holding the loss
         for chain, market in list(state.positions)[:1]:
             closes.append(Close(chain, market, Decimal(0), 0.0, settle))
     return Plan(
