@@ -77,6 +77,18 @@ def due(
     return why_not(state, target)
 
 
+def _not_on_record(store: Store, p: Plan) -> float:
+    """How much of the account's uncovered shortfall ``p`` finds is not yet on record (0 when
+    what is recorded says it, to a cent or 0.1 %): an account the fund cannot help is recorded
+    once, and a loss that grew after its round (a price move before the close) by the part
+    that grew."""
+    recorded = sum(
+        float(str(d["uncovered_usd"])) for d in store.bad_debts() if d["account"] == p.account
+    )
+    more = p.bad_debt_usd - recorded
+    return more if more > max(0.01, 1e-3 * p.bad_debt_usd) else 0.0
+
+
 def outstanding_withdrawals(
     state: AccountState, live: dict[str, list[Reservation]]
 ) -> list[Reservation]:
@@ -126,6 +138,12 @@ def liquidate(
         plans: list[tuple[AccountState, Plan]] = [
             (s, p) for s, p in zip(ready, made, strict=True) if p.steps
         ]
+        at = int(wall)
+        for s, p in zip(ready, made, strict=True):  # nothing to do but put the loss on record
+            if not p.steps and (more := _not_on_record(store, p)) > 0:
+                store.record_bad_debt(
+                    p.account, Decimal(repr(more)), Decimal(0), s.world.snapshot_hash, at
+                )
         signed = sign_plans(cfg, plans, store, key, fund_counters, now, lp.ttl_s, pool.map)
     at = int(time.time() if now is None else now)
     out = []

@@ -150,11 +150,13 @@ class Plan:
 
 
 def has_work(state: AccountState) -> bool:
-    """Whether a liquidation can do anything: a position to close, or collateral (locked or
-    requested out) to seize. An account under water with neither has had its bad debt
-    recorded: planning it again would only record it again."""
-    return any(size != 0 for size in state.positions.values()) or any(
-        q > 0 for q in (*state.locked.values(), *state.pending.values())
+    """Whether a liquidation can do anything: a position to close, collateral (locked or
+    requested out) to seize, or a loss below zero for the fund to cover and record (the
+    keeper records an uncovered one once: :func:`aggregator.keeper.liquidate`)."""
+    return (
+        any(size != 0 for size in state.positions.values())
+        or any(q > 0 for q in (*state.locked.values(), *state.pending.values()))
+        or float(state.figures.equity) < 0
     )
 
 

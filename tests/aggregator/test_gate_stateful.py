@@ -44,9 +44,9 @@ As before: no attestation born expired, no nonce issued twice, no reservation ou
 attestation; and every refusal on chain of an approval has a reason (expired on the chain's
 clock, cancelled, old counter).
 
-The keeper bugs the machine found are pinned alone on a server of their own at the end
-(fixed: the bad debt recorded again, the Zeno halving; open: the shortfall a price move
-leaves behind a round, xfail).
+The keeper bugs the machine found are pinned alone on a server of their own at the end, each
+fixed: the bad debt recorded again, the Zeno halving, the shortfall a price move leaves behind
+a round (now covered by the fund or put on record by the part that grew).
 """
 
 from __future__ import annotations
@@ -1000,12 +1000,6 @@ def mining_held(w3: Web3) -> Iterator[None]:
         w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [automine])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keeper bug (since 87145cf): an account left under water with nothing to close "
-    "or seize by a price move between its bad-debt plan and its close is never planned "
-    "again, so that shortfall is neither covered by the fund nor recorded as bad debt",
-)
 def test_a_shortfall_a_price_move_leaves_behind_a_round_is_on_record(
     gate_world: World, lone_server: Any
 ) -> None:
