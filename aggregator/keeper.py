@@ -145,7 +145,6 @@ def liquidate(
                     p.account, Decimal(repr(more)), Decimal(0), s.world.snapshot_hash, at
                 )
         signed = sign_plans(cfg, plans, store, key, fund_counters, now, lp.ttl_s, pool.map)
-    at = int(time.time() if now is None else now)
     out = []
     for (state, p), steps in zip(plans, signed, strict=True):
         if steps is None:  # another plan of the account was reserved meanwhile

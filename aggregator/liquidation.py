@@ -43,7 +43,7 @@ from aggregator.inputs import account as checked_account
 from aggregator.portfolio_file import first_error
 from aggregator.store import NewReservation, Reservation, Store
 from bridge_adapters.canonical import Representations
-from bridge_adapters.risk import risk_column
+from bridge_adapters.risk import token_column
 from chains.config import OmnimarginConfig
 from chains.devnet_margin import DEVNET_FUND
 from chains.types import SourceKind
@@ -391,7 +391,7 @@ def _collateral(
         if qty <= 0 or price is None or price.collateral_price is None or chain not in vaults:
             continue
         value = float(Fraction(qty) * price.collateral_price)
-        column = risk_column(rep.asset, [] if rep.name == "native" else [rep.name])
+        column = token_column(rep)
         vault = str(vaults[chain])
         out.append((value, chain, vault, token, column, rep.decimals, price.collateral_price))
     out.sort(key=lambda x: -x[0])
@@ -456,7 +456,7 @@ def less_withdrawals(
     out = dict(state.locked)
     for (chain, token), qty in state.locked.items():
         rep = _representations(cfg).lookup(chain, token)
-        column = risk_column(rep.asset, [] if rep.name == "native" else [rep.name])
+        column = token_column(rep)
         going = sum(
             (
                 -Decimal(r.size_delta)

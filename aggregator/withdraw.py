@@ -29,7 +29,7 @@ from aggregator.inputs import account as checked_account
 from aggregator.inputs import parse_decimal
 from aggregator.store import Store
 from bridge_adapters.canonical import Representations
-from bridge_adapters.risk import risk_column
+from bridge_adapters.risk import token_column
 from chains.config import OmnimarginConfig
 from chains.types import SourceKind
 
@@ -70,7 +70,7 @@ def withdrawal_request(
     if raw >= 2**256:
         raise InputError("amount", "above uint256")
     rep = Representations.from_config(cfg).lookup(chain_id, tok.address)
-    column = risk_column(rep.asset, [] if rep.name == "native" else [rep.name])
+    column = token_column(rep)
     return WithdrawalRequest(
         account=who,
         chain_id=chain_id,

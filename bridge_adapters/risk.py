@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
+from bridge_adapters.canonical import Representation
 from bridge_adapters.errors import UnknownBridge
 from bridge_adapters.holdings import Holding, Holdings, exact_sum
 from chains.config import OmnimarginConfig
@@ -40,6 +41,12 @@ def parse_column(column: str) -> tuple[str, tuple[str, ...]]:
 def column_of(holding: Holding) -> str:
     """The risk column of one holding."""
     return risk_column(holding.asset, holding.bridges)
+
+
+def token_column(rep: Representation) -> str:
+    """The risk column of a token held at rest: its asset, with the bridge that issued it
+    (what :func:`column_of` gives a balance of that token)."""
+    return risk_column(rep.asset, [] if rep.name == "native" else [rep.name])
 
 
 def quantities_by_column(holdings: Holdings) -> dict[str, Decimal]:
